@@ -1,0 +1,243 @@
+// max_pool2d on CPU: forward (with or without indices) and the gather backward.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "../pool_args.h"
+
+namespace poolops {
+namespace {
+
+constexpr int64_t kLanes = 256;  // outputs (NCHW) or channels (NHWC) kept in registers/L1 at once
+
+// One tap applied to n consecutive outputs whose inputs lie `step` apart.
+// Written branch-free so the compiler vectorises it; kStep > 0 fixes the step.
+template <int kStep, bool kIdx, typename scalar_t, typename acc_t, typename index_t>
+inline void max_tap(const scalar_t* src, int64_t step, int64_t n, acc_t* best, index_t* arg, index_t pos,
+                    index_t pos_step) {
+  const int64_t st = kStep > 0 ? kStep : step;
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t v = static_cast<acc_t>(src[j * st]);
+    const bool take = max_pool_takes(v, best[j]);
+    best[j] = take ? v : best[j];
+    if (kIdx) arg[j] = take ? static_cast<index_t>(pos + j * pos_step) : arg[j];
+  }
+}
+
+template <bool kIdx, typename scalar_t, typename acc_t, typename index_t>
+inline void max_tap_any_step(const scalar_t* src, int64_t step, int64_t n, acc_t* best, index_t* arg,
+                             index_t pos, index_t pos_step) {
+  if (step == 1) {
+    max_tap<1, kIdx>(src, step, n, best, arg, pos, pos_step);
+  } else if (step == 2) {
+    max_tap<2, kIdx>(src, step, n, best, arg, pos, pos_step);
+  } else {
+    max_tap<0, kIdx>(src, step, n, best, arg, pos, pos_step);
+  }
+}
+
+// NCHW: one task per output row. Outputs whose window lies inside [0, W) are
+// swept tap by tap across the row (each output still sees its taps in
+// row-major order); the few border outputs use the shared scalar scan.
+template <typename scalar_t, typename index_t, bool kIdx>
+void forward_nchw(const scalar_t* x, scalar_t* y, int64_t* idx, const Pool2dGeom& g) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t ow_lo = std::min(g.OW, (g.pw + g.sw - 1) / g.sw);
+  const int64_t last_start = g.W - 1 - (g.kw - 1) * g.dw + g.pw;
+  const int64_t ow_hi = std::max(ow_lo, std::min(g.OW, last_start < 0 ? 0 : last_start / g.sw + 1));
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.OW * g.kh * g.kw));
+  at::parallel_for(0, g.N * g.C * g.OH, grain, [&](int64_t begin, int64_t end) {
+    acc_t best[kLanes];
+    index_t arg[kLanes];
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t oh = r % g.OH;
+      const scalar_t* plane = x + (r / g.OH) * g.H * g.W;
+      const Range rh = max_pool_taps(oh, g.H, g.kh, g.sh, g.ph, g.dh);
+      scalar_t* yrow = y + r * g.OW;
+      int64_t* irow = kIdx ? idx + r * g.OW : nullptr;
+      const auto scalar_output = [&](int64_t ow) {
+        acc_t b;
+        int64_t a;
+        max_pool_scan(plane, g.W, int64_t(1), g.W, rh, max_pool_taps(ow, g.W, g.kw, g.sw, g.pw, g.dw), g.dh,
+                      g.dw, b, a);
+        yrow[ow] = static_cast<scalar_t>(b);
+        if (kIdx) irow[ow] = a;
+      };
+      for (int64_t ow = 0; ow < ow_lo; ++ow) scalar_output(ow);
+      for (int64_t ow = ow_hi; ow < g.OW; ++ow) scalar_output(ow);
+      if (rh.empty()) {
+        for (int64_t ow = ow_lo; ow < ow_hi; ++ow) scalar_output(ow);
+        continue;
+      }
+      for (int64_t c0 = ow_lo; c0 < ow_hi; c0 += kLanes) {
+        const int64_t n = std::min(kLanes, ow_hi - c0);
+        const int64_t w0 = c0 * g.sw - g.pw;
+        for (int64_t j = 0; j < n; ++j) {
+          best[j] = lowest_value<acc_t>();
+          if (kIdx) arg[j] = rh.begin * g.W + w0 + j * g.sw;
+        }
+        for (int64_t h = rh.begin; h < rh.end; h += g.dh) {
+          for (int64_t t = 0; t < g.kw; ++t) {
+            const int64_t pos = h * g.W + w0 + t * g.dw;
+            max_tap_any_step<kIdx>(plane + pos, g.sw, n, best, arg, static_cast<index_t>(pos),
+                                   static_cast<index_t>(g.sw));
+          }
+        }
+        for (int64_t j = 0; j < n; ++j) {
+          yrow[c0 + j] = static_cast<scalar_t>(best[j]);
+          if (kIdx) irow[c0 + j] = arg[j];
+        }
+      }
+    }
+  });
+}
+
+// NHWC: one task per output pixel, all channels swept together per tap.
+template <typename scalar_t, typename index_t, bool kIdx>
+void forward_nhwc(const scalar_t* x, scalar_t* y, int64_t* idx, const Pool2dGeom& g) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.C * g.kh * g.kw));
+  at::parallel_for(0, g.N * g.OH * g.OW, grain, [&](int64_t begin, int64_t end) {
+    acc_t best[kLanes];
+    index_t arg[kLanes];
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t ow = p % g.OW;
+      const int64_t oh = (p / g.OW) % g.OH;
+      const scalar_t* xn = x + (p / (g.OW * g.OH)) * g.H * g.W * g.C;
+      const Range rh = max_pool_taps(oh, g.H, g.kh, g.sh, g.ph, g.dh);
+      const Range rw = max_pool_taps(ow, g.W, g.kw, g.sw, g.pw, g.dw);
+      const int64_t first = (rh.empty() || rw.empty()) ? -1 : rh.begin * g.W + rw.begin;
+      for (int64_t c0 = 0; c0 < g.C; c0 += kLanes) {
+        const int64_t n = std::min(kLanes, g.C - c0);
+        for (int64_t j = 0; j < n; ++j) {
+          best[j] = lowest_value<acc_t>();
+          if (kIdx) arg[j] = first;
+        }
+        for (int64_t h = rh.begin; h < rh.end; h += g.dh) {
+          for (int64_t w = rw.begin; w < rw.end; w += g.dw) {
+            const int64_t pos = h * g.W + w;
+            max_tap<1, kIdx>(xn + pos * g.C + c0, 1, n, best, arg, static_cast<index_t>(pos), index_t(0));
+          }
+        }
+        for (int64_t j = 0; j < n; ++j) {
+          y[p * g.C + c0 + j] = static_cast<scalar_t>(best[j]);
+          if (kIdx) idx[p * g.C + c0 + j] = arg[j];
+        }
+      }
+    }
+  });
+}
+
+void launch_forward(const at::Tensor& x, const at::Tensor& out, const at::Tensor& indices, const Pool2dGeom& g,
+                    bool channels_last) {
+  // Indices are tracked in 32 bits (twice the vector lanes) when the plane allows.
+  const bool narrow = g.H * g.W <= std::numeric_limits<int32_t>::max();
+  AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "max_pool2d", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* yp = out.mutable_data_ptr<scalar_t>();
+    if (!indices.defined()) {
+      channels_last ? forward_nhwc<scalar_t, int32_t, false>(xp, yp, nullptr, g)
+                    : forward_nchw<scalar_t, int32_t, false>(xp, yp, nullptr, g);
+      return;
+    }
+    int64_t* ip = indices.mutable_data_ptr<int64_t>();
+    if (narrow) {
+      channels_last ? forward_nhwc<scalar_t, int32_t, true>(xp, yp, ip, g)
+                    : forward_nchw<scalar_t, int32_t, true>(xp, yp, ip, g);
+    } else {
+      channels_last ? forward_nhwc<scalar_t, int64_t, true>(xp, yp, ip, g)
+                    : forward_nchw<scalar_t, int64_t, true>(xp, yp, ip, g);
+    }
+  });
+}
+
+// Backward: a scatter in output row-major order. Tasks own disjoint slices of
+// grad_input (a plane for NCHW; a batch element and a block of channels for
+// NHWC), so there are no races and no atomics. Within a slice each input
+// element receives its gradients in output row-major order: the CUDA gather's
+// order and ATen's, so fp32/fp64 results agree bit for bit.
+template <typename scalar_t>
+void backward(const scalar_t* gout, const int64_t* idx, scalar_t* gin, const Pool2dGeom& g, bool channels_last) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t HW = g.H * g.W;
+  const int64_t OHW = g.OH * g.OW;
+  const int64_t C = channels_last ? g.C : 1;               // channels interleaved in memory
+  const int64_t block = channels_last ? std::min<int64_t>(g.C, 16) : 1;
+  const int64_t blocks_per_n = channels_last ? (g.C + block - 1) / block : g.C;
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, OHW * block));
+  constexpr bool kDirect = std::is_same_v<acc_t, scalar_t>;  // accumulate straight into grad_input
+  at::parallel_for(0, g.N * blocks_per_n, grain, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> scratch(kDirect && !channels_last ? 0 : HW * block);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / blocks_per_n;
+      const int64_t c0 = channels_last ? (t % blocks_per_n) * block : t % blocks_per_n;
+      const int64_t cb = channels_last ? std::min(block, g.C - c0) : 1;
+      // Offsets of (n, c0) in the NCHW or NHWC buffers.
+      const int64_t o_base = channels_last ? n * OHW * C + c0 : t * OHW;
+      const int64_t i_base = channels_last ? n * HW * C + c0 : t * HW;
+      if (!channels_last) {
+        acc_t* acc = kDirect ? reinterpret_cast<acc_t*>(gin + i_base) : scratch.data();
+        std::fill(acc, acc + HW, acc_t(0));
+        for (int64_t o = 0; o < OHW; ++o) {
+          const int64_t i = idx[o_base + o];
+          if (i >= 0) acc[i] += static_cast<acc_t>(gout[o_base + o]);
+        }
+        if (!kDirect) std::copy(acc, acc + HW, gin + i_base);
+        continue;
+      }
+      std::fill(scratch.begin(), scratch.end(), acc_t(0));
+      for (int64_t o = 0; o < OHW; ++o) {
+        for (int64_t c = 0; c < cb; ++c) {
+          const int64_t i = idx[o_base + o * C + c];
+          if (i >= 0) scratch[i * cb + c] += static_cast<acc_t>(gout[o_base + o * C + c]);
+        }
+      }
+      for (int64_t i = 0; i < HW; ++i) {
+        for (int64_t c = 0; c < cb; ++c) gin[i_base + i * C + c] = static_cast<scalar_t>(scratch[i * cb + c]);
+      }
+    }
+  });
+}
+
+void launch_backward(const at::Tensor& gout, const at::Tensor& idx, const at::Tensor& gin, const Pool2dGeom& g,
+                     bool channels_last) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gout.scalar_type(), "max_pool2d_backward", [&] {
+    backward(gout.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(), gin.mutable_data_ptr<scalar_t>(), g,
+             channels_last);
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices_cpu(const at::Tensor& input,
+                                                               at::IntArrayRef kernel_size,
+                                                               at::IntArrayRef stride, at::IntArrayRef padding,
+                                                               at::IntArrayRef dilation, bool ceil_mode) {
+  return run_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, true, launch_forward);
+}
+
+at::Tensor max_pool2d_cpu(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                          at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+  return std::get<0>(run_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, false, launch_forward));
+}
+
+at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices,
+                                   at::IntArrayRef input_size, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                   at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+  return run_max_pool2d_backward(grad_output, indices, input_size, kernel_size, stride, padding, dilation,
+                                 ceil_mode, launch_backward);
+}
+
+}  // namespace
+}  // namespace poolops
+
+TORCH_LIBRARY_IMPL(poolops, CPU, m) {
+  m.impl("max_pool2d_with_indices", &poolops::max_pool2d_with_indices_cpu);
+  m.impl("max_pool2d", &poolops::max_pool2d_cpu);
+  m.impl("_max_pool2d_backward", &poolops::max_pool2d_backward_cpu);
+}

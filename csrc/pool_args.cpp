@@ -1,0 +1,110 @@
+#include "pool_args.h"
+
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+
+#include <vector>
+
+namespace poolops {
+namespace {
+
+int64_t first_or_second(at::IntArrayRef v, size_t i) { return v.size() == 1 ? v[0] : v[i]; }
+
+void check_pair(at::IntArrayRef v, const char* what, bool allow_empty) {
+  TORCH_CHECK(v.size() == 1 || v.size() == 2 || (allow_empty && v.empty()), "max_pool2d: ", what,
+              " must either be a single int, or a tuple of two ints");
+}
+
+int64_t checked_output_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d, bool ceil_mode) {
+  TORCH_CHECK(s != 0, "stride should not be zero");
+  TORCH_CHECK(p >= 0, "pad must be non-negative, but got pad: ", p);
+  TORCH_CHECK(p <= ((k - 1) * d + 1) / 2, "pad should be at most half of effective kernel size, but got pad=", p,
+              ", kernel_size=", k, " and dilation=", d);
+  return pool_output_size(in, k, s, p, d, ceil_mode);
+}
+
+}  // namespace
+
+bool wants_channels_last(const at::Tensor& input) {
+  return input.dim() == 4 && input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+}
+
+at::Tensor as_dense_4d(const at::Tensor& input, bool channels_last) {
+  const at::Tensor x = input.dim() == 3 ? input.unsqueeze(0) : input;
+  return x.contiguous(channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+}
+
+at::Tensor new_pool_output(const at::Tensor& like, const Pool2dGeom& g, bool batched, bool channels_last,
+                           c10::ScalarType dtype) {
+  auto options = like.options().dtype(dtype);
+  if (!batched) return at::empty({g.C, g.OH, g.OW}, options);
+  return at::empty({g.N, g.C, g.OH, g.OW},
+                   options.memory_format(channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
+}
+
+Pool2dGeom check_max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                            at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+  check_pair(kernel_size, "kernel_size", false);
+  TORCH_CHECK(stride.empty() || stride.size() == 1 || stride.size() == 2,
+              "max_pool2d: stride must either be omitted, a single int, or a tuple of two ints");
+  TORCH_CHECK(padding.size() == 1 || padding.size() == 2,
+              "max_pool2d: padding must either be a single int, or a tuple of two ints");
+  TORCH_CHECK(dilation.size() == 1 || dilation.size() == 2,
+              "max_pool2d: dilation must be either a single int, or a tuple of two ints");
+  Pool2dGeom g{};
+  g.kh = first_or_second(kernel_size, 0);
+  g.kw = first_or_second(kernel_size, 1);
+  g.sh = stride.empty() ? g.kh : first_or_second(stride, 0);
+  g.sw = stride.empty() ? g.kw : first_or_second(stride, 1);
+  g.ph = first_or_second(padding, 0);
+  g.pw = first_or_second(padding, 1);
+  g.dh = first_or_second(dilation, 0);
+  g.dw = first_or_second(dilation, 1);
+
+  TORCH_CHECK(input.dim() == 3 || input.dim() == 4, "non-empty 3D or 4D (batch mode) tensor expected for input");
+  const bool batched = input.dim() == 4;
+  g.N = batched ? input.size(0) : 1;
+  g.C = input.size(-3);
+  g.H = input.size(-2);
+  g.W = input.size(-1);
+
+  g.OH = checked_output_size(g.H, g.kh, g.sh, g.ph, g.dh, ceil_mode);
+  g.OW = checked_output_size(g.W, g.kw, g.sw, g.pw, g.dw, ceil_mode);
+
+  TORCH_CHECK(g.kw > 0 && g.kh > 0, "kernel size should be greater than zero, but got kH: ", g.kh, " kW: ", g.kw);
+  TORCH_CHECK(g.sw > 0 && g.sh > 0, "stride should be greater than zero, but got dH: ", g.sh, " dW: ", g.sw);
+  TORCH_CHECK(g.dw > 0 && g.dh > 0, "dilation should be greater than zero, but got dilationH: ", g.dh,
+              " dilationW: ", g.dw);
+  TORCH_CHECK(g.C > 0 && g.H > 0 && g.W > 0,
+              "Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for input, but got:",
+              input.sizes());
+  TORCH_CHECK(g.kw / 2 >= g.pw && g.kh / 2 >= g.ph,
+              "pad should be smaller than or equal to half of kernel size, but got padW = ", g.pw,
+              ", padH = ", g.ph, ", kW = ", g.kw, ", kH = ", g.kh);
+  TORCH_CHECK(g.OW >= 1 && g.OH >= 1, "Given input size: (", g.C, "x", g.H, "x", g.W,
+              "). Calculated output size: (", g.C, "x", g.OH, "x", g.OW, "). Output size is too small");
+  return g;
+}
+
+Pool2dGeom check_max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& indices,
+                                     at::IntArrayRef input_size, at::IntArrayRef kernel_size,
+                                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                     bool ceil_mode) {
+  TORCH_CHECK(input_size.size() == 3 || input_size.size() == 4,
+              "max_pool2d_backward: input_size must have 3 or 4 elements, but got ", input_size);
+  TORCH_CHECK(indices.scalar_type() == at::kLong, "max_pool2d_backward: indices must be int64, but got ",
+              indices.scalar_type());
+  TORCH_CHECK(grad_output.device() == indices.device(),
+              "max_pool2d_backward: grad_output and indices must be on the same device, but got ",
+              grad_output.device(), " and ", indices.device());
+  const at::Tensor shape_probe = at::empty(input_size, grad_output.options().device(at::kMeta));
+  Pool2dGeom g = check_max_pool2d(shape_probe, kernel_size, stride, padding, dilation, ceil_mode);
+  std::vector<int64_t> expected = {g.C, g.OH, g.OW};
+  if (input_size.size() == 4) expected.insert(expected.begin(), g.N);
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(expected) && indices.sizes() == at::IntArrayRef(expected),
+              "max_pool2d_backward: expected grad_output and indices of size ", at::IntArrayRef(expected),
+              ", but got ", grad_output.sizes(), " and ", indices.sizes());
+  return g;
+}
+
+}  // namespace poolops

@@ -1,0 +1,37 @@
+// Every poolops operator schema, declared once. Kernels live in cpu/ and cuda/;
+// fake (meta) kernels and autograd are registered from Python.
+#include <torch/library.h>
+
+#ifdef WITH_CUDA
+#include <cuda.h>
+#endif
+
+#include <cstdint>
+
+namespace poolops {
+namespace {
+
+int64_t cuda_version() {
+#ifdef WITH_CUDA
+  return CUDA_VERSION;
+#else
+  return -1;
+#endif
+}
+
+}  // namespace
+}  // namespace poolops
+
+TORCH_LIBRARY(poolops, m) {
+  m.def("_cuda_version() -> int", &poolops::cuda_version);
+
+  m.def(
+      "max_pool2d_with_indices(Tensor self, int[] kernel_size, int[] stride, int[] padding, int[] dilation, "
+      "bool ceil_mode) -> (Tensor, Tensor)");
+  m.def(
+      "max_pool2d(Tensor self, int[] kernel_size, int[] stride, int[] padding, int[] dilation, bool ceil_mode) "
+      "-> Tensor");
+  m.def(
+      "_max_pool2d_backward(Tensor grad_output, Tensor indices, SymInt[] input_size, int[] kernel_size, "
+      "int[] stride, int[] padding, int[] dilation, bool ceil_mode) -> Tensor");
+}

@@ -1,0 +1,107 @@
+"""Argument normalisation for the functional API and the Python copy of the
+output-size formula and checks that the fake (meta) kernels need.
+
+The C++ copy lives in csrc/pool_math.h and csrc/pool_args.cpp; tests check that
+both agree over the spec's sweep.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+_INT32_MAX = 2**31 - 1
+
+
+def int_list(value, name: str, op: str) -> list[int]:
+    """An int or a sequence of ints as a list of ints, rejecting floats and
+    values that do not fit the kernels' 32-bit parameters (as torch does)."""
+    items = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+    out = []
+    for pos, v in enumerate(items):
+        if isinstance(v, torch.SymInt):
+            out.append(v)
+            continue
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(
+                f"{op}(): argument '{name}' must be an int or a tuple of ints, "
+                f"but found {v!r} of type {type(v).__name__} at pos {pos}"
+            )
+        if not -_INT32_MAX - 1 <= v <= _INT32_MAX:
+            raise RuntimeError(f"{op}(): {name}={v}: value cannot be converted to type int without overflow")
+        out.append(v)
+    return out
+
+
+def _pick(v: Sequence[int], i: int):
+    return v[0] if len(v) == 1 else v[i]
+
+
+def _trunc_div(a, b):
+    """C++ integer division (toward zero), as in ATen's checks."""
+    q = abs(a) // abs(b)
+    return q if (a >= 0) == (b >= 0) else -q
+
+
+def pool_output_size(size, k, s, p, d, ceil_mode):
+    eff = d * (k - 1) + 1
+    out = (size + 2 * p - eff + (s - 1 if ceil_mode else 0)) // s + 1
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def _checked_output_size(size, k, s, p, d, ceil_mode):
+    torch._check(s != 0, lambda: "stride should not be zero")
+    torch._check(p >= 0, lambda: f"pad must be non-negative, but got pad: {p}")
+    torch._check(
+        p <= _trunc_div((k - 1) * d + 1, 2),
+        lambda: f"pad should be at most half of effective kernel size, but got pad={p}, "
+        f"kernel_size={k} and dilation={d}",
+    )
+    return pool_output_size(size, k, s, p, d, ceil_mode)
+
+
+def max_pool2d_output_shape(shape, kernel_size, stride, padding, dilation, ceil_mode) -> list:
+    """Output shape of max_pool2d for an input shape, with ATen's checks in ATen's order."""
+    torch._check(len(kernel_size) in (1, 2),
+                 lambda: "max_pool2d: kernel_size must either be a single int, or a tuple of two ints")
+    torch._check(len(stride) in (0, 1, 2),
+                 lambda: "max_pool2d: stride must either be omitted, a single int, or a tuple of two ints")
+    torch._check(len(padding) in (1, 2),
+                 lambda: "max_pool2d: padding must either be a single int, or a tuple of two ints")
+    torch._check(len(dilation) in (1, 2),
+                 lambda: "max_pool2d: dilation must be either a single int, or a tuple of two ints")
+    kh, kw = _pick(kernel_size, 0), _pick(kernel_size, 1)
+    sh, sw = (kh, kw) if len(stride) == 0 else (_pick(stride, 0), _pick(stride, 1))
+    ph, pw = _pick(padding, 0), _pick(padding, 1)
+    dh, dw = _pick(dilation, 0), _pick(dilation, 1)
+    torch._check(len(shape) in (3, 4), lambda: "non-empty 3D or 4D (batch mode) tensor expected for input")
+    C, H, W = shape[-3:]
+    oh = _checked_output_size(H, kh, sh, ph, dh, ceil_mode)
+    ow = _checked_output_size(W, kw, sw, pw, dw, ceil_mode)
+    torch._check(kh > 0 and kw > 0, lambda: f"kernel size should be greater than zero, but got kH: {kh} kW: {kw}")
+    torch._check(sh > 0 and sw > 0, lambda: f"stride should be greater than zero, but got dH: {sh} dW: {sw}")
+    torch._check(dh > 0 and dw > 0,
+                 lambda: f"dilation should be greater than zero, but got dilationH: {dh} dilationW: {dw}")
+    torch._check(C > 0 and H > 0 and W > 0,
+                 lambda: "Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for input, "
+                 f"but got:{list(shape)}")
+    torch._check(kw // 2 >= pw and kh // 2 >= ph,
+                 lambda: f"pad should be smaller than or equal to half of kernel size, but got padW = {pw}, "
+                 f"padH = {ph}, kW = {kw}, kH = {kh}")
+    torch._check(oh >= 1 and ow >= 1,
+                 lambda: f"Given input size: ({C}x{H}x{W}). Calculated output size: ({C}x{oh}x{ow}). "
+                 "Output size is too small")
+    return [*shape[:-2], oh, ow]
+
+
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """The layout a pooling output takes: channels_last for a channels_last
+    4-D input, contiguous otherwise (ATen's suggest_memory_format)."""
+    if x.dim() == 4:
+        from torch._prims_common import suggest_memory_format
+
+        if suggest_memory_format(x) == torch.channels_last:
+            return torch.channels_last
+    return torch.contiguous_format

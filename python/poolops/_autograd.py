@@ -1,0 +1,60 @@
+"""Autograd for the poolops ops. Each backward is itself a custom op (or plain
+torch ops), so double backward and torch.compile work."""
+import torch
+
+_ops = torch.ops.poolops
+
+
+def _gather_at_indices(t: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """t[..., indices] per plane: the max pool of t with the given argmax.
+    Index -1 (a window with no input element) gathers 0."""
+    safe = indices.clamp_min(0).flatten(-2)
+    picked = t.flatten(-2).gather(-1, safe).reshape(indices.shape)
+    return torch.where(indices >= 0, picked, torch.zeros((), dtype=t.dtype, device=t.device))
+
+
+# max_pool2d_with_indices: the gradient goes to each window's argmax.
+def _mp_setup(ctx, inputs, output):
+    x, *params = inputs
+    ctx.save_for_backward(output[1])
+    ctx.input_size = x.shape
+    ctx.params = params
+
+
+def _mp_backward(ctx, grad_out, _grad_indices):
+    (indices,) = ctx.saved_tensors
+    grad = _ops._max_pool2d_backward(grad_out, indices, ctx.input_size, *ctx.params)
+    return grad, None, None, None, None, None
+
+
+torch.library.register_autograd("poolops::max_pool2d_with_indices", _mp_backward, setup_context=_mp_setup)
+
+
+# max_pool2d without indices (inference path): the backward recomputes them.
+def _mp_values_setup(ctx, inputs, output):
+    x, *params = inputs
+    ctx.save_for_backward(x)
+    ctx.params = params
+
+
+def _mp_values_backward(ctx, grad_out):
+    (x,) = ctx.saved_tensors
+    _, indices = _ops.max_pool2d_with_indices(x, *ctx.params)
+    grad = _ops._max_pool2d_backward(grad_out, indices, x.shape, *ctx.params)
+    return grad, None, None, None, None, None
+
+
+torch.library.register_autograd("poolops::max_pool2d", _mp_values_backward, setup_context=_mp_values_setup)
+
+
+# The backward is linear in grad_output; its own gradient gathers at the argmax.
+def _mp_bwd_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1])
+
+
+def _mp_bwd_backward(ctx, grad_grad_input):
+    (indices,) = ctx.saved_tensors
+    return (_gather_at_indices(grad_grad_input, indices),) + (None,) * 7
+
+
+torch.library.register_autograd("poolops::_max_pool2d_backward", _mp_bwd_backward, setup_context=_mp_bwd_setup)

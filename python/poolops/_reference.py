@@ -1,0 +1,70 @@
+"""Slow, independent reference implementations used by the tests.
+
+Written from the definitions (window enumeration, explicit scans) in plain
+Python loops over output positions; they share no code with the kernels or with
+torch.nn.functional's pooling.
+"""
+import torch
+
+
+def window_starts(size, k, s, p, d, ceil_mode):
+    """Window start positions along one dim (in input coordinates, may be < 0).
+
+    Floor mode keeps windows that fit in the padded input; ceil mode keeps any
+    window that starts before the padded end would be passed by a full stride,
+    except windows starting in the right padding."""
+    eff = d * (k - 1) + 1
+    starts, o = [], 0
+    while True:
+        start = o * s
+        fits = start + eff <= size + 2 * p
+        if ceil_mode:
+            keep = start <= size + 2 * p - eff + s - 1 and start < size + p
+        else:
+            keep = fits
+        if not keep:
+            return starts
+        starts.append(start - p)
+        o += 1
+
+
+def _opmath(x):
+    return x.double() if x.is_floating_point() else x.long()
+
+
+def max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode):
+    """Returns (values, indices) for a 4-D input."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
+    N, C, H, W = x.shape
+    rows = window_starts(H, kh, sh, ph, dh, ceil_mode)
+    cols = window_starts(W, kw, sw, pw, dw, ceil_mode)
+    xd = _opmath(x)
+    low = float("-inf") if x.is_floating_point() else torch.iinfo(x.dtype).min
+    out = torch.empty(N, C, len(rows), len(cols), dtype=xd.dtype)
+    idx = torch.empty(N, C, len(rows), len(cols), dtype=torch.int64)
+    for i, h0 in enumerate(rows):
+        for j, w0 in enumerate(cols):
+            taps = [(h, w) for h in range(h0, h0 + dh * (kh - 1) + 1, dh) if 0 <= h < H
+                    for w in range(w0, w0 + dw * (kw - 1) + 1, dw) if 0 <= w < W]
+            best = torch.full((N, C), low, dtype=xd.dtype)
+            arg = torch.full((N, C), taps[0][0] * W + taps[0][1] if taps else -1, dtype=torch.int64)
+            for h, w in taps:
+                v = xd[:, :, h, w]
+                take = (v > best) | torch.isnan(v) if x.is_floating_point() else v > best
+                best = torch.where(take, v, best)
+                arg = torch.where(take, torch.full_like(arg, h * W + w), arg)
+            out[:, :, i, j] = best
+            idx[:, :, i, j] = arg
+    return out.to(x.dtype), idx
+
+
+def max_pool2d_backward(grad_out, indices, input_shape):
+    """Scatter-add of grad_out to the argmax, in output row-major order (float64)."""
+    N, C, H, W = input_shape
+    g = torch.zeros(N, C, H * W, dtype=torch.float64)
+    go = grad_out.double().reshape(N, C, -1)
+    ix = indices.reshape(N, C, -1)
+    for o in range(go.shape[-1]):
+        valid = ix[:, :, o] >= 0
+        g.scatter_add_(2, ix[:, :, o : o + 1].clamp_min(0), torch.where(valid, go[:, :, o], 0).unsqueeze(-1))
+    return g.reshape(N, C, H, W)

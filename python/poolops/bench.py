@@ -1,0 +1,163 @@
+"""Benchmark every poolops op against torch's native op, side by side.
+
+    python -m poolops.bench [--quick] [--device cpu|cuda|all] [--ops max_pool2d,...]
+                            [--dtypes float32,bfloat16] [--out results.json]
+
+Prints a table of median times, the speedup over torch (measured in the same
+run), the achieved GB/s from the minimum bytes moved, and the largest difference
+from torch's result; saves everything as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.benchmark import Timer
+
+import poolops
+import poolops.functional as P
+
+
+@dataclass
+class Case:
+    op: str
+    name: str  # where the shape comes from
+    shape: tuple
+    mine: Callable  # x -> output (tensor or tuple, first element is compared)
+    theirs: Callable
+    out_bytes: Callable  # (x, output) -> bytes written by the forward, indices included
+    with_backward: bool = True
+
+
+def _elt(x):
+    return x.numel() * x.element_size()
+
+
+def _max(args, indices=False):
+    def out_bytes(x, y):
+        return _elt(y) + (y.numel() * 8 if indices else 0)
+
+    mine = (lambda x: P.max_pool2d(x, *args, return_indices=True)) if indices else (lambda x: P.max_pool2d(x, *args))
+    theirs = (lambda x: F.max_pool2d(x, *args, return_indices=True)) if indices else (lambda x: F.max_pool2d(x, *args))
+    return mine, theirs, out_bytes
+
+
+def cases(quick: bool) -> list[Case]:
+    shapes = {
+        "ResNet stem maxpool 3/2/1": ((32, 64, 112, 112) if not quick else (8, 64, 112, 112), (3, 2, 1)),
+        "ResNet stem maxpool 3/2/1, N=1": ((1, 64, 112, 112), (3, 2, 1)),
+        "VGG maxpool 2/2": ((16, 128, 112, 112) if not quick else (4, 128, 112, 112), (2, 2, 0)),
+        "VGG late maxpool 2/2": ((32, 512, 28, 28) if not quick else (8, 512, 28, 28), (2, 2, 0)),
+    }
+    out = []
+    for name, (shape, args) in shapes.items():
+        out.append(Case("max_pool2d", name, shape, *_max(args)))
+        out.append(Case("max_pool2d+indices", name, shape, *_max(args, indices=True), with_backward=False))
+    return out
+
+
+def _first(y):
+    return y[0] if isinstance(y, tuple) else y
+
+
+def _median_ms(fn, min_run_time):
+    return Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+def copy_bandwidth(device, min_run_time):
+    """GB/s of a large same-device copy (bytes read + written), the roofline."""
+    src = torch.empty(64 * 2**20 // 4, device=device)
+    dst = torch.empty_like(src)
+    ms = _median_ms(lambda: dst.copy_(src), min_run_time)
+    return 2 * _elt(src) / ms / 1e6
+
+
+def run_case(case, device, dtype, layout, mode, min_run_time):
+    x = torch.randn(case.shape, device=device).to(dtype).contiguous(memory_format=layout)
+    if mode == "forward":
+        with torch.no_grad():
+            y_mine, y_theirs = case.mine(x), case.theirs(x)
+            t_mine = _median_ms(lambda: case.mine(x), min_run_time)
+            t_theirs = _median_ms(lambda: case.theirs(x), min_run_time)
+        moved = _elt(x) + case.out_bytes(x, _first(y_mine))
+        diff = (_first(y_mine).double() - _first(y_theirs).double()).abs().nan_to_num().max().item()
+    else:
+        xm, xt = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ym, yt = _first(case.mine(xm)), _first(case.theirs(xt))
+        g = torch.randn_like(ym)
+        t_mine = _median_ms(lambda: torch.autograd.grad(ym, xm, g, retain_graph=True), min_run_time)
+        t_theirs = _median_ms(lambda: torch.autograd.grad(yt, xt, g, retain_graph=True), min_run_time)
+        gm = torch.autograd.grad(ym, xm, g, retain_graph=True)[0]
+        gt = torch.autograd.grad(yt, xt, g, retain_graph=True)[0]
+        moved = _elt(g) + case.out_bytes(x, g) - _elt(g) + _elt(g) + _elt(x)  # grad_out + saved state + grad_in
+        diff = (gm.double() - gt.double()).abs().max().item()
+    return dict(op=case.op, case=case.name, shape=list(case.shape), device=device, dtype=str(dtype).replace("torch.", ""),
+                layout="NHWC" if layout == torch.channels_last else "NCHW", mode=mode, torch_ms=t_theirs,
+                poolops_ms=t_mine, speedup=t_theirs / t_mine, gbps=moved / t_mine / 1e6, max_abs_diff=diff)
+
+
+def format_table(rows, copy_gbps):
+    head = ["device", "op", "mode", "case", "layout", "dtype", "torch ms", "poolops ms", "speedup", "GB/s", "% copy", "max |diff|"]
+    lines = [head]
+    for r in rows:
+        lines.append([r["device"], r["op"], r["mode"], r["case"], r["layout"], r["dtype"], f"{r['torch_ms']:.3f}",
+                      f"{r['poolops_ms']:.3f}", f"{r['speedup']:.2f}x", f"{r['gbps']:.1f}",
+                      f"{100 * r['gbps'] / copy_gbps[r['device']]:.0f}%", f"{r['max_abs_diff']:.1e}"])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    fmt = lambda line: "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |"  # noqa: E731
+    return "\n".join([fmt(lines[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(l) for l in lines[1:]])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smaller shapes, shorter timing (a smoke run)")
+    ap.add_argument("--device", default="all", choices=["all", "cpu", "cuda"])
+    ap.add_argument("--ops", default="", help="comma-separated op names to run (default: all)")
+    ap.add_argument("--dtypes", default="float32")
+    ap.add_argument("--layouts", default="NCHW,NHWC")
+    ap.add_argument("--min-run-time", type=float, default=None, help="seconds per measurement")
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/latest-<device>.json)")
+    args = ap.parse_args(argv)
+
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
+    dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
+    layouts = [{"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}[l] for l in args.layouts.split(",")]
+    wanted = set(filter(None, args.ops.split(",")))
+    selected = [c for c in cases(args.quick) if not wanted or c.op in wanted or c.op.split("+")[0] in wanted]
+    min_run_time = args.min_run_time or (0.05 if args.quick else 0.3)
+
+    jobs = [(c, dev, dt, lay, mode) for dev in devices for c in selected for lay in layouts for dt in dtypes
+            for mode in (["forward", "backward"] if c.with_backward else ["forward"])]
+    copy_gbps = {dev: copy_bandwidth(dev, min_run_time) for dev in devices}
+    rows = []
+    for n, (c, dev, dt, lay, mode) in enumerate(jobs, 1):
+        print(f"[{n}/{len(jobs)}] {dev} {c.op} {mode} {c.name} {tuple(c.shape)} "
+              f"{'NHWC' if lay == torch.channels_last else 'NCHW'} {str(dt)[6:]}", file=sys.stderr, flush=True)
+        rows.append(run_case(c, dev, dt, lay, mode, min_run_time))
+
+    meta = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), torch=torch.__version__,
+                poolops=poolops.__version__, python=platform.python_version(), machine=platform.machine(),
+                cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
+                gpu=torch.cuda.get_device_name() if "cuda" in devices else None, copy_gbps=copy_gbps)
+    out = args.out or os.path.join("benchmarks", "results", f"latest-{'-'.join(devices)}.json")
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(dict(meta=meta, results=rows), f, indent=1)
+    print(f"\npoolops {poolops.__version__} vs torch {torch.__version__}; {torch.get_num_threads()} CPU threads; "
+          f"copy bandwidth " + ", ".join(f"{d} {g:.1f} GB/s" for d, g in copy_gbps.items()))
+    print(format_table(rows, copy_gbps))
+    print(f"\nsaved {out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+"""Drop-in nn.Module replacements. Each subclasses its torch.nn counterpart, so
+constructor arguments, defaults, repr and state_dict are torch's own; only
+forward runs the poolops kernels."""
+import torch
+
+from . import functional as F
+
+__all__ = ["MaxPool2d"]
+
+
+class MaxPool2d(torch.nn.MaxPool2d):
+    __doc__ = torch.nn.MaxPool2d.__doc__
+
+    def forward(self, input):
+        return F.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
+                            ceil_mode=self.ceil_mode, return_indices=self.return_indices)

@@ -1,0 +1,58 @@
+"""Builds poolops._C from csrc/.
+
+Environment switches:
+  POOLOPS_CUDA=0   skip the CUDA sources (quick CPU-only iteration)
+  FORCE_CUDA=1     require the CUDA build (fail if no toolkit is found)
+  DEBUG=1          -O0 -g
+The CUDA build needs no GPU: CUDA_HOME defaults to /usr/local/cuda and
+TORCH_CUDA_ARCH_LIST to 9.0 (H100/H200).
+"""
+import glob
+import os
+import platform
+import shutil
+
+from setuptools import find_packages, setup
+
+if not os.environ.get("CUDA_HOME") and os.path.exists("/usr/local/cuda/bin/nvcc"):
+    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+force_cuda = os.environ.get("FORCE_CUDA", "0") == "1"
+skip_cuda = os.environ.get("POOLOPS_CUDA", "1") == "0"
+have_toolkit = CUDA_HOME is not None and (
+    os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")) or shutil.which("nvcc") is not None
+)
+if force_cuda and not have_toolkit:
+    raise RuntimeError("FORCE_CUDA=1 but no CUDA toolkit was found; set CUDA_HOME")
+with_cuda = force_cuda or (have_toolkit and not skip_cuda)
+
+debug = os.environ.get("DEBUG", "0") == "1"
+opt = ["-O0", "-g"] if debug else ["-O3"]
+# The CPU loops are written for the auto-vectoriser; on x86 they target AVX2
+# (x86-64-v3). poolops/__init__.py refuses to load on a CPU without it.
+isa = ["-march=x86-64-v3"] if platform.machine() in ("x86_64", "AMD64") else []
+
+sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+define_macros = []
+extra = {"cxx": opt + isa}
+if with_cuda:
+    sources += sorted(glob.glob("csrc/cuda/*.cu"))
+    define_macros.append(("WITH_CUDA", None))
+    extra["nvcc"] = opt + ["--expt-relaxed-constexpr"]
+    ext_cls = CUDAExtension
+else:
+    ext_cls = CppExtension
+
+print(f"poolops: building {'with' if with_cuda else 'without'} CUDA ({len(sources)} sources)")
+
+setup(
+    packages=find_packages("python"),
+    package_dir={"": "python"},
+    ext_modules=[
+        ext_cls("poolops._C", sources, define_macros=define_macros, extra_compile_args=extra)
+    ],
+    cmdclass={"build_ext": BuildExtension},
+)

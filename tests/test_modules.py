@@ -1,0 +1,40 @@
+import inspect
+
+import pytest
+import torch
+
+import poolops
+import poolops.nn as pnn
+
+PAIRS = [(pnn.MaxPool2d, torch.nn.MaxPool2d)]
+
+
+@pytest.mark.parametrize("mine,theirs", PAIRS)
+def test_same_signature(mine, theirs):
+    assert inspect.signature(mine.__init__) == inspect.signature(theirs.__init__)
+
+
+@pytest.mark.parametrize(
+    "args,kwargs",
+    [((3,), {}), ((3, 2, 1), {}), ((2,), dict(ceil_mode=True, return_indices=True)), (((2, 3), (1, 2), (1, 0), (1, 2)), {}),
+     ((3, None, 1, 2, True, True), {})],
+)
+def test_max_pool2d_module_matches_torch(args, kwargs):
+    mine, theirs = pnn.MaxPool2d(*args, **kwargs), torch.nn.MaxPool2d(*args, **kwargs)
+    assert repr(mine) == repr(theirs)
+    assert mine.state_dict() == theirs.state_dict() == {}
+    x = torch.randn(2, 3, 11, 10)
+    a, b = mine(x), theirs(x)
+    if isinstance(b, tuple):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    else:
+        assert torch.equal(a, b)
+
+
+def test_module_swaps_into_a_sequential():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(3, 2, 1))
+    swapped = torch.nn.Sequential(model[0], model[1], pnn.MaxPool2d(3, 2, 1))
+    swapped.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(model(x), swapped(x))
