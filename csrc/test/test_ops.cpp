@@ -1,0 +1,107 @@
+// C++ checks without Python: the operators are reachable through the
+// dispatcher, agree with ATen, and the CUDA kernels' per-element math
+// (pool_math.h, run here on the CPU) reproduces the CPU kernels' results.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <cstdio>
+#include <tuple>
+#include <vector>
+
+#include "pool_math.h"
+
+namespace {
+
+int failures = 0;
+
+void expect(bool ok, const char* what) {
+  std::printf("%s %s\n", ok ? "ok  " : "FAIL", what);
+  if (!ok) ++failures;
+}
+
+using Ints = at::IntArrayRef;
+
+std::tuple<at::Tensor, at::Tensor> poolops_max_pool2d(const at::Tensor& x, Ints k, Ints s, Ints p, Ints d, bool ceil) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("poolops::max_pool2d_with_indices", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, Ints, Ints, Ints, Ints, bool)>();
+  return op.call(x, k, s, p, d, ceil);
+}
+
+at::Tensor poolops_backward(const at::Tensor& g, const at::Tensor& idx, c10::SymIntArrayRef size, Ints k, Ints s,
+                            Ints p, Ints d, bool ceil) {
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("poolops::_max_pool2d_backward", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymIntArrayRef, Ints, Ints, Ints, Ints, bool)>();
+  return op.call(g, idx, size, k, s, p, d, ceil);
+}
+
+// The forward and the gather backward evaluated element by element with the
+// shared device functions, as the CUDA kernels do.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> device_math(const at::Tensor& x, const at::Tensor& gout,
+                                                           const poolops::Pool2dGeom& g) {
+  auto out = at::empty({g.N, g.C, g.OH, g.OW}, x.options());
+  auto idx = at::empty({g.N, g.C, g.OH, g.OW}, x.options().dtype(at::kLong));
+  auto gin = at::empty({g.N, g.C, g.H, g.W}, x.options());
+  const float* xp = x.const_data_ptr<float>();
+  for (int64_t pl = 0; pl < g.N * g.C; ++pl) {
+    for (int64_t oh = 0; oh < g.OH; ++oh) {
+      for (int64_t ow = 0; ow < g.OW; ++ow) {
+        float best;
+        int64_t arg;
+        poolops::max_pool_scan(xp + pl * g.H * g.W, g.W, int64_t(1), g.W,
+                               poolops::max_pool_taps(oh, g.H, g.kh, g.sh, g.ph, g.dh),
+                               poolops::max_pool_taps(ow, g.W, g.kw, g.sw, g.pw, g.dw), g.dh, g.dw, best, arg);
+        out.data_ptr<float>()[(pl * g.OH + oh) * g.OW + ow] = best;
+        idx.data_ptr<int64_t>()[(pl * g.OH + oh) * g.OW + ow] = arg;
+      }
+    }
+  }
+  for (int64_t pl = 0; pl < g.N * g.C; ++pl) {
+    for (int64_t h = 0; h < g.H; ++h) {
+      for (int64_t w = 0; w < g.W; ++w) {
+        const int64_t o = pl * g.OH * g.OW;
+        gin.data_ptr<float>()[(pl * g.H + h) * g.W + w] = poolops::max_pool_grad_gather<float, float>(
+            gout.const_data_ptr<float>() + o, idx.const_data_ptr<int64_t>() + o, g.OW, 1, g, h, w);
+      }
+    }
+  }
+  return {out, idx, gin};
+}
+
+}  // namespace
+
+int main() {
+  at::manual_seed(0);
+  struct Cfg {
+    int64_t k, s, p, d;
+    bool ceil;
+  };
+  for (const Cfg c : {Cfg{3, 2, 1, 1, false}, Cfg{2, 2, 0, 1, true}, Cfg{3, 1, 1, 2, true}, Cfg{2, 1, 1, 3, false}}) {
+    // Small integers: many ties, so the tie rule and the summation order matter.
+    const at::Tensor x = at::randint(0, 4, {2, 3, 9, 7}).to(at::kFloat);
+    auto [out, idx] = poolops_max_pool2d(x, {c.k}, {c.s}, {c.p}, {c.d}, c.ceil);
+    auto [ref_out, ref_idx] = at::max_pool2d_with_indices(x, {c.k, c.k}, {c.s, c.s}, {c.p, c.p}, {c.d, c.d}, c.ceil);
+    const bool empty_windows = (ref_idx >= 63).any().item<bool>();  // out-of-plane (pytorch#114216)
+    expect(at::equal(out, ref_out), "forward values equal ATen");
+    expect(empty_windows || at::equal(idx, ref_idx), "forward indices equal ATen");
+
+    const poolops::Pool2dGeom g{2, 3, 9, 7, out.size(2), out.size(3), c.k, c.k, c.s, c.s, c.p, c.p, c.d, c.d};
+    const at::Tensor gout = at::randn(out.sizes());
+    const at::Tensor gin = poolops_backward(gout, idx, c10::fromIntArrayRefSlow(x.sizes()), {c.k}, {c.s}, {c.p},
+                                            {c.d}, c.ceil);
+    auto [dev_out, dev_idx, dev_gin] = device_math(x, gout, g);
+    expect(at::equal(dev_out, out) && at::equal(dev_idx, idx), "device scan equals CPU kernel");
+    expect(at::equal(dev_gin, gin), "device gather backward equals CPU scatter, bit for bit");
+    if (!empty_windows) {
+      const at::Tensor ref_gin = at::max_pool2d_with_indices_backward(gout, x, {c.k, c.k}, {c.s, c.s}, {c.p, c.p},
+                                                                       {c.d, c.d}, c.ceil, ref_idx);
+      expect(at::equal(gin, ref_gin), "backward equals ATen");
+    }
+  }
+  expect(poolops::pool_output_size(5, 3, 3, 1, 1, true) == 2, "ceil window starting in padding dropped");
+  expect(poolops::pool_output_size(6, 1, 2, 0, 1, true) == 3, "ceil k=1 s=2 (#45357)");
+  std::printf("%d failed\n", failures);
+  return failures == 0 ? 0 : 1;
+}
