@@ -158,49 +158,59 @@ void launch_forward(const at::Tensor& x, const at::Tensor& out, const at::Tensor
   });
 }
 
-// Backward: a scatter in output row-major order. Tasks own disjoint slices of
-// grad_input (a plane for NCHW; a batch element and a block of channels for
-// NHWC), so there are no races and no atomics. Within a slice each input
-// element receives its gradients in output row-major order: the CUDA gather's
-// order and ATen's, so fp32/fp64 results agree bit for bit.
+// Backward. Every input element sums the gradients of the outputs that chose
+// it, in output row-major order: the order of the CUDA gather and of ATen's
+// CPU scatter, so fp32/fp64 results agree bit for bit. Deterministic: tasks
+// write disjoint parts of grad_input, with no atomics.
+//
+// NCHW: one task per plane scatters its outputs into the zeroed plane (float
+// and double in grad_input itself, half and bfloat16 in a float scratch).
 template <typename scalar_t>
-void backward(const scalar_t* gout, const int64_t* idx, scalar_t* gin, const Pool2dGeom& g, bool channels_last) {
+void backward_nchw(const scalar_t* gout, const int64_t* idx, scalar_t* gin, const Pool2dGeom& g) {
   using acc_t = at::opmath_type<scalar_t>;
+  constexpr bool kDirect = std::is_same_v<acc_t, scalar_t>;
   const int64_t HW = g.H * g.W;
   const int64_t OHW = g.OH * g.OW;
-  const int64_t C = channels_last ? g.C : 1;               // channels interleaved in memory
-  const int64_t block = channels_last ? std::min<int64_t>(g.C, 16) : 1;
-  const int64_t blocks_per_n = channels_last ? (g.C + block - 1) / block : g.C;
-  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, OHW * block));
-  constexpr bool kDirect = std::is_same_v<acc_t, scalar_t>;  // accumulate straight into grad_input
-  at::parallel_for(0, g.N * blocks_per_n, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> scratch(kDirect && !channels_last ? 0 : HW * block);
+  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> scratch(kDirect ? 0 : HW);
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t n = t / blocks_per_n;
-      const int64_t c0 = channels_last ? (t % blocks_per_n) * block : t % blocks_per_n;
-      const int64_t cb = channels_last ? std::min(block, g.C - c0) : 1;
-      // Offsets of (n, c0) in the NCHW or NHWC buffers.
-      const int64_t o_base = channels_last ? n * OHW * C + c0 : t * OHW;
-      const int64_t i_base = channels_last ? n * HW * C + c0 : t * HW;
-      if (!channels_last) {
-        acc_t* acc = kDirect ? reinterpret_cast<acc_t*>(gin + i_base) : scratch.data();
-        std::fill(acc, acc + HW, acc_t(0));
-        for (int64_t o = 0; o < OHW; ++o) {
-          const int64_t i = idx[o_base + o];
-          if (i >= 0) acc[i] += static_cast<acc_t>(gout[o_base + o]);
-        }
-        if (!kDirect) std::copy(acc, acc + HW, gin + i_base);
-        continue;
+      acc_t* acc = kDirect ? reinterpret_cast<acc_t*>(gin + t * HW) : scratch.data();
+      std::fill(acc, acc + HW, acc_t(0));
+      for (int64_t o = t * OHW; o < (t + 1) * OHW; ++o) {
+        if (idx[o] >= 0) acc[idx[o]] += static_cast<acc_t>(gout[o]);
       }
-      std::fill(scratch.begin(), scratch.end(), acc_t(0));
-      for (int64_t o = 0; o < OHW; ++o) {
-        for (int64_t c = 0; c < cb; ++c) {
-          const int64_t i = idx[o_base + o * C + c];
-          if (i >= 0) scratch[i * cb + c] += static_cast<acc_t>(gout[o_base + o * C + c]);
+      if (!kDirect) std::copy(acc, acc + HW, gin + t * HW);
+    }
+  });
+}
+
+// NHWC: one task per input pixel gathers over the outputs covering it, all
+// channels at once (a select per channel, which vectorises).
+template <typename scalar_t>
+void backward_nhwc(const scalar_t* gout, const int64_t* idx, scalar_t* gin, const Pool2dGeom& g) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, g.C * 4));
+  at::parallel_for(0, g.N * g.H * g.W, grain, [&](int64_t begin, int64_t end) {
+    acc_t acc[kLanes];
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t w = p % g.W;
+      const int64_t h = (p / g.W) % g.H;
+      const int64_t n = p / (g.W * g.H);
+      const int64_t target = h * g.W + w;
+      const Range ro = max_pool_covering(h, g.OH, g.kh, g.sh, g.ph, g.dh);
+      const Range co = max_pool_covering(w, g.OW, g.kw, g.sw, g.pw, g.dw);
+      for (int64_t c0 = 0; c0 < g.C; c0 += kLanes) {
+        const int64_t cn = std::min(kLanes, g.C - c0);
+        std::fill(acc, acc + cn, acc_t(0));
+        for (int64_t oh = ro.begin; oh < ro.end; ++oh) {
+          for (int64_t ow = co.begin; ow < co.end; ++ow) {
+            const int64_t o = ((n * g.OH + oh) * g.OW + ow) * g.C + c0;
+            for (int64_t c = 0; c < cn; ++c) {
+              acc[c] += idx[o + c] == target ? static_cast<acc_t>(gout[o + c]) : acc_t(0);
+            }
+          }
         }
-      }
-      for (int64_t i = 0; i < HW; ++i) {
-        for (int64_t c = 0; c < cb; ++c) gin[i_base + i * C + c] = static_cast<scalar_t>(scratch[i * cb + c]);
+        for (int64_t c = 0; c < cn; ++c) gin[p * g.C + c0 + c] = static_cast<scalar_t>(acc[c]);
       }
     }
   });
@@ -209,8 +219,10 @@ void backward(const scalar_t* gout, const int64_t* idx, scalar_t* gin, const Poo
 void launch_backward(const at::Tensor& gout, const at::Tensor& idx, const at::Tensor& gin, const Pool2dGeom& g,
                      bool channels_last) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gout.scalar_type(), "max_pool2d_backward", [&] {
-    backward(gout.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(), gin.mutable_data_ptr<scalar_t>(), g,
-             channels_last);
+    const scalar_t* gp = gout.const_data_ptr<scalar_t>();
+    const int64_t* ip = idx.const_data_ptr<int64_t>();
+    scalar_t* out = gin.mutable_data_ptr<scalar_t>();
+    channels_last ? backward_nhwc(gp, ip, out, g) : backward_nchw(gp, ip, out, g);
   });
 }
 
