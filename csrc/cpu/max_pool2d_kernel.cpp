@@ -99,37 +99,54 @@ void forward_nchw(const scalar_t* x, scalar_t* y, int64_t* idx, const Pool2dGeom
   });
 }
 
+// NHWC, one block of channels of one output pixel. kB > 0 fixes the block
+// width so the running maxima stay in vector registers across the taps;
+// kB == 0 handles the tail of n < block channels through L1.
+template <int kB, bool kIdx, typename scalar_t, typename index_t>
+inline void nhwc_block(const scalar_t* xn, scalar_t* y, int64_t* idx, const Pool2dGeom& g, Range rh, Range rw,
+                       index_t first, int64_t n) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t kCap = kB > 0 ? kB : kLanes;
+  const int64_t m = kB > 0 ? kB : n;
+  acc_t best[kCap];
+  index_t arg[kCap];
+  for (int64_t j = 0; j < m; ++j) {
+    best[j] = lowest_value<acc_t>();
+    arg[j] = first;
+  }
+  for (int64_t h = rh.begin; h < rh.end; h += g.dh) {
+    for (int64_t w = rw.begin; w < rw.end; w += g.dw) {
+      const index_t pos = static_cast<index_t>(h * g.W + w);
+      max_tap<1, kIdx>(xn + pos * g.C, 1, m, best, arg, pos, index_t(0));
+    }
+  }
+  for (int64_t j = 0; j < m; ++j) {
+    y[j] = static_cast<scalar_t>(best[j]);
+    if (kIdx) idx[j] = arg[j];
+  }
+}
+
 // NHWC: one task per output pixel, all channels swept together per tap.
 template <typename scalar_t, typename index_t, bool kIdx>
 void forward_nhwc(const scalar_t* x, scalar_t* y, int64_t* idx, const Pool2dGeom& g) {
   using acc_t = at::opmath_type<scalar_t>;
+  constexpr int kB = 128 / sizeof(acc_t);  // running maxima kept in AVX2 registers
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.C * g.kh * g.kw));
   at::parallel_for(0, g.N * g.OH * g.OW, grain, [&](int64_t begin, int64_t end) {
-    acc_t best[kLanes];
-    index_t arg[kLanes];
     for (int64_t p = begin; p < end; ++p) {
       const int64_t ow = p % g.OW;
       const int64_t oh = (p / g.OW) % g.OH;
       const scalar_t* xn = x + (p / (g.OW * g.OH)) * g.H * g.W * g.C;
       const Range rh = max_pool_taps(oh, g.H, g.kh, g.sh, g.ph, g.dh);
       const Range rw = max_pool_taps(ow, g.W, g.kw, g.sw, g.pw, g.dw);
-      const int64_t first = (rh.empty() || rw.empty()) ? -1 : rh.begin * g.W + rw.begin;
-      for (int64_t c0 = 0; c0 < g.C; c0 += kLanes) {
-        const int64_t n = std::min(kLanes, g.C - c0);
-        for (int64_t j = 0; j < n; ++j) {
-          best[j] = lowest_value<acc_t>();
-          if (kIdx) arg[j] = first;
-        }
-        for (int64_t h = rh.begin; h < rh.end; h += g.dh) {
-          for (int64_t w = rw.begin; w < rw.end; w += g.dw) {
-            const int64_t pos = h * g.W + w;
-            max_tap<1, kIdx>(xn + pos * g.C + c0, 1, n, best, arg, static_cast<index_t>(pos), index_t(0));
-          }
-        }
-        for (int64_t j = 0; j < n; ++j) {
-          y[p * g.C + c0 + j] = static_cast<scalar_t>(best[j]);
-          if (kIdx) idx[p * g.C + c0 + j] = arg[j];
-        }
+      const index_t first = (rh.empty() || rw.empty()) ? index_t(-1) : static_cast<index_t>(rh.begin * g.W + rw.begin);
+      int64_t c0 = 0;
+      for (; c0 + kB <= g.C; c0 += kB) {
+        nhwc_block<kB, kIdx>(xn + c0, y + p * g.C + c0, kIdx ? idx + p * g.C + c0 : nullptr, g, rh, rw, first, kB);
+      }
+      for (; c0 < g.C; c0 += kLanes) {
+        nhwc_block<0, kIdx>(xn + c0, y + p * g.C + c0, kIdx ? idx + p * g.C + c0 : nullptr, g, rh, rw, first,
+                            std::min(kLanes, g.C - c0));
       }
     }
   });
