@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "../pool_args.h"
+#include "cpu_loops.h"
 
 namespace poolops {
 namespace {
@@ -33,13 +34,8 @@ void for_each_output(const Pool2dGeom& g, bool channels_last, int64_t cost, cons
 template <typename Fn>
 void for_each_input(const Pool2dGeom& g, bool channels_last, const Fn& in_fn) {
   const Strides4 so = strides_for(g.C, g.OH, g.OW, channels_last);
-  const int64_t grain = 4096;
-  at::parallel_for(0, g.N * g.C * g.H * g.W, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      int64_t n, c, h, w;
-      decode_nchw(i, g.C, g.H, g.W, channels_last, n, c, h, w);
-      in_fn(n * so.n + c * so.c, so.h, so.w, h, w, i);
-    }
+  for_each_element(g.N, g.C, g.H, g.W, channels_last, 4096, [&](int64_t n, int64_t c, int64_t h, int64_t w, int64_t i) {
+    in_fn(n * so.n + c * so.c, so.h, so.w, h, w, i);
   });
 }
 

@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "../pool_args.h"
+#include "cpu_loops.h"
 
 namespace poolops {
 namespace {
@@ -68,14 +69,10 @@ template <typename scalar_t>
 void backward(const scalar_t* gout, scalar_t* gin, const Pool2dGeom& g, const AvgPoolOpts& opt, bool channels_last) {
   using acc_t = at::opmath_type<scalar_t>;
   const Strides4 so = strides_for(g.C, g.OH, g.OW, channels_last);
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, g.kh * g.kw));
-  at::parallel_for(0, g.N * g.C * g.H * g.W, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      int64_t n, c, h, w;
-      decode_nchw(i, g.C, g.H, g.W, channels_last, n, c, h, w);
-      gin[i] = static_cast<scalar_t>(
-          avg_pool_grad_gather<scalar_t, acc_t>(gout + n * so.n + c * so.c, so.h, so.w, g, opt, h, w));
-    }
+  for_each_element(g.N, g.C, g.H, g.W, channels_last, std::max<int64_t>(1, 16384 / (g.kh * g.kw)),
+                   [&](int64_t n, int64_t c, int64_t h, int64_t w, int64_t i) {
+    gin[i] = static_cast<scalar_t>(
+        avg_pool_grad_gather<scalar_t, acc_t>(gout + n * so.n + c * so.c, so.h, so.w, g, opt, h, w));
   });
 }
 

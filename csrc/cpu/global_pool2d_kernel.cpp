@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "../pool_args.h"
+#include "cpu_loops.h"
 
 namespace poolops {
 namespace {
@@ -112,16 +113,12 @@ at::Tensor global_pool2d_backward_cpu(const at::Tensor& grad_output, const at::T
       const int64_t* ip = kMax ? idx.const_data_ptr<int64_t>() : nullptr;
       scalar_t* dst = gin.mutable_data_ptr<scalar_t>();
       const int64_t HW = g.H * g.W;
-      at::parallel_for(0, g.N * g.C * HW, 16384, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          int64_t n, c, h, w;
-          decode_nchw(i, g.C, g.H, g.W, cl, n, c, h, w);
-          const int64_t p = n * g.C + c;
-          if (kMax) {
-            dst[i] = ip[p] == h * g.W + w ? gp[p] : scalar_t(0);
-          } else {
-            dst[i] = static_cast<scalar_t>(static_cast<acc_t>(gp[p]) / static_cast<acc_t>(HW));
-          }
+      for_each_element(g.N, g.C, g.H, g.W, cl, 16384, [&](int64_t n, int64_t c, int64_t h, int64_t w, int64_t i) {
+        const int64_t p = n * g.C + c;
+        if (kMax) {
+          dst[i] = ip[p] == h * g.W + w ? gp[p] : scalar_t(0);
+        } else {
+          dst[i] = static_cast<scalar_t>(static_cast<acc_t>(gp[p]) / static_cast<acc_t>(HW));
         }
       });
     });
