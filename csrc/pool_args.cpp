@@ -3,6 +3,7 @@
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
+#include <string_view>
 #include <vector>
 
 namespace poolops {
@@ -105,6 +106,108 @@ Pool2dGeom check_max_pool2d_backward(const at::Tensor& grad_output, const at::Te
               "max_pool2d_backward: expected grad_output and indices of size ", at::IntArrayRef(expected),
               ", but got ", grad_output.sizes(), " and ", indices.sizes());
   return g;
+}
+
+}  // namespace poolops
+
+namespace poolops {
+
+Pool2dGeom check_avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                            at::IntArrayRef padding, bool ceil_mode, std::optional<int64_t> divisor_override) {
+  TORCH_CHECK(kernel_size.size() == 1 || kernel_size.size() == 2,
+              "avg_pool2d: kernel_size must either be a single int, or a tuple of two ints");
+  TORCH_CHECK(stride.empty() || stride.size() == 1 || stride.size() == 2,
+              "avg_pool2d: stride must either be omitted, a single int, or a tuple of two ints");
+  TORCH_CHECK(padding.size() == 1 || padding.size() == 2,
+              "avg_pool2d: padding must either be a single int, or a tuple of two ints");
+  TORCH_CHECK(!divisor_override.has_value() || *divisor_override != 0, "divisor must be not zero");
+  // ATen reads input.size(-3) before any rank check, so low ranks fail with an IndexError.
+  TORCH_CHECK_INDEX(input.dim() >= 3, "Dimension out of range (expected to be in range of [", -input.dim(), ", ",
+                    input.dim() - 1, "], but got -3)");
+  Pool2dGeom g{};
+  g.kh = first_or_second(kernel_size, 0);
+  g.kw = first_or_second(kernel_size, 1);
+  g.sh = stride.empty() ? g.kh : first_or_second(stride, 0);
+  g.sw = stride.empty() ? g.kw : first_or_second(stride, 1);
+  g.ph = first_or_second(padding, 0);
+  g.pw = first_or_second(padding, 1);
+  g.dh = g.dw = 1;
+  g.N = input.dim() == 4 ? input.size(0) : 1;
+  g.C = input.size(-3);
+  g.H = input.size(-2);
+  g.W = input.size(-1);
+  g.OH = checked_output_size(g.H, g.kh, g.sh, g.ph, 1, ceil_mode);
+  g.OW = checked_output_size(g.W, g.kw, g.sw, g.pw, 1, ceil_mode);
+  TORCH_CHECK(g.kw > 0 && g.kh > 0, "kernel size should be greater than zero, but got kH: ", g.kh, " kW: ", g.kw);
+  TORCH_CHECK(g.sw > 0 && g.sh > 0, "stride should be greater than zero, but got dH: ", g.sh, " dW: ", g.sw);
+  TORCH_CHECK((input.dim() == 3 || input.dim() == 4) && g.C > 0 && g.H > 0 && g.W > 0,
+              "Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for input, but got:",
+              input.sizes());
+  TORCH_CHECK(g.kw / 2 >= g.pw && g.kh / 2 >= g.ph,
+              "pad should be smaller than or equal to half of kernel size, but got padW = ", g.pw,
+              ", padH = ", g.ph, ", kW = ", g.kw, ", kH = ", g.kh);
+  TORCH_CHECK(g.OW >= 1 && g.OH >= 1, "Given input size: (", g.C, "x", g.H, "x", g.W,
+              "). Calculated output size: (", g.C, "x", g.OH, "x", g.OW, "). Output size is too small");
+  return g;
+}
+
+Pool2dGeom check_avg_pool2d_backward(const at::Tensor& grad_output, at::IntArrayRef input_size,
+                                     at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                     bool ceil_mode, std::optional<int64_t> divisor_override) {
+  return check_pool2d_backward(grad_output, at::Tensor(), input_size, "avg_pool2d", [&](const at::Tensor& probe) {
+    return check_avg_pool2d(probe, kernel_size, stride, padding, ceil_mode, divisor_override);
+  });
+}
+
+namespace {
+
+void check_pool_input_rank(const at::Tensor& input, const char* op, const char* sep) {
+  TORCH_CHECK(input.dim() == 3 || input.dim() == 4, op, "(): Expected 3D or 4D tensor, but got", sep,
+              input.sizes());
+  for (int64_t d = input.dim() - 3; d < input.dim(); ++d) {
+    TORCH_CHECK(input.size(d) > 0, op,
+                "(): Expected input to have non-zero size for non-batch dimensions, but input has sizes ",
+                input.sizes(), " with dimension ", d, " being empty");
+  }
+}
+
+Pool2dGeom plane_geom(const at::Tensor& input, int64_t OH, int64_t OW) {
+  Pool2dGeom g{};
+  g.N = input.dim() == 4 ? input.size(0) : 1;
+  g.C = input.size(-3);
+  g.H = input.size(-2);
+  g.W = input.size(-1);
+  g.OH = OH;
+  g.OW = OW;
+  return g;
+}
+
+}  // namespace
+
+Pool2dGeom check_adaptive_pool2d(const at::Tensor& input, at::IntArrayRef output_size, const char* op) {
+  const bool is_max = std::string_view(op) == "adaptive_max_pool2d";
+  if (is_max) {
+    TORCH_CHECK(output_size.size() == 2, op, "(): internal error: output_size.size() must be 2");
+  } else {
+    TORCH_CHECK(output_size.size() == 2, op, ": output_size must be 2");
+    TORCH_CHECK(output_size[0] >= 0 && output_size[1] >= 0, op,
+                ": elements of output_size must be greater than or equal to 0 but received {", output_size[0], ", ",
+                output_size[1], "}");
+  }
+  check_pool_input_rank(input, op, is_max ? ": " : " ");
+  if (is_max) {
+    std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end() - 2);
+    shape.insert(shape.end(), output_size.begin(), output_size.end());
+    for (int64_t s : output_size) {
+      TORCH_CHECK(s >= 0, "Trying to create tensor with negative dimension ", s, ": ", at::IntArrayRef(shape));
+    }
+  }
+  return plane_geom(input, output_size[0], output_size[1]);
+}
+
+Pool2dGeom check_global_pool2d(const at::Tensor& input, const char* op) {
+  check_pool_input_rank(input, op, " ");
+  return plane_geom(input, 1, 1);
 }
 
 }  // namespace poolops

@@ -6,7 +6,9 @@
 #include <ATen/ops/empty.h>
 #include <c10/util/ArrayRef.h>
 
+#include <optional>
 #include <tuple>
+#include <vector>
 
 #include "pool_math.h"
 
@@ -72,6 +74,83 @@ at::Tensor run_max_pool2d_backward(const at::Tensor& grad_output, const at::Tens
     launch(as_dense_4d(grad_output, cl), as_dense_4d(indices, cl), grad_input.dim() == 3 ? grad_input.unsqueeze(0) : grad_input, g, cl);
   }
   return grad_input;
+}
+
+}  // namespace poolops
+
+namespace poolops {
+
+// Validates an avg_pool2d call (ATen's checks and order, dilation 1).
+Pool2dGeom check_avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                            at::IntArrayRef padding, bool ceil_mode, std::optional<int64_t> divisor_override);
+
+Pool2dGeom check_avg_pool2d_backward(const at::Tensor& grad_output, at::IntArrayRef input_size,
+                                     at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                     bool ceil_mode, std::optional<int64_t> divisor_override);
+
+// Validates an adaptive pool call; op is "adaptive_avg_pool2d" or "adaptive_max_pool2d".
+Pool2dGeom check_adaptive_pool2d(const at::Tensor& input, at::IntArrayRef output_size, const char* op);
+
+// Validates a global pool call (3-D or 4-D input with non-empty C, H, W); OH = OW = 1.
+Pool2dGeom check_global_pool2d(const at::Tensor& input, const char* op);
+
+// Checks a backward call of an op whose forward geometry comes from
+// check(shape_probe): the grad_output (and indices, when defined) must have
+// the forward's output size.
+template <typename Check>
+Pool2dGeom check_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& indices,
+                                 at::IntArrayRef input_size, const char* op, const Check& check);
+
+// The host side of every forward shared by the backends: allocation in the
+// input's memory format, the early return on empty output, then
+// launch(x, out, indices_or_undefined, geom, channels_last).
+template <typename Launch>
+std::tuple<at::Tensor, at::Tensor> run_pool2d(const at::Tensor& input, const Pool2dGeom& g, bool with_indices,
+                                              const Launch& launch) {
+  const bool batched = input.dim() == 4;
+  const bool cl = wants_channels_last(input);
+  at::Tensor out = new_pool_output(input, g, batched, cl, input.scalar_type());
+  at::Tensor indices = with_indices ? new_pool_output(input, g, batched, cl, at::kLong) : at::Tensor();
+  if (out.numel() > 0) launch(as_dense_4d(input, cl), out, indices, g, cl);
+  return {out, indices};
+}
+
+// The host side of every gather backward: a dense grad_input in the layout of
+// the indices (or of grad_output when there are none), then
+// launch(grad_out, indices_or_undefined, grad_in, geom, channels_last).
+template <typename Launch>
+at::Tensor run_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& indices,
+                               at::IntArrayRef input_size, const Pool2dGeom& g, const Launch& launch) {
+  const bool cl = wants_channels_last(indices.defined() ? indices : grad_output);
+  const auto format = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  at::Tensor grad_input = at::empty(input_size, grad_output.options().memory_format(format));
+  if (grad_input.numel() > 0) {
+    launch(as_dense_4d(grad_output, cl), indices.defined() ? as_dense_4d(indices, cl) : indices,
+           grad_input.dim() == 3 ? grad_input.unsqueeze(0) : grad_input, g, cl);
+  }
+  return grad_input;
+}
+
+template <typename Check>
+Pool2dGeom check_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& indices,
+                                 at::IntArrayRef input_size, const char* op, const Check& check) {
+  TORCH_CHECK(input_size.size() == 3 || input_size.size() == 4, op,
+              "_backward: input_size must have 3 or 4 elements, but got ", input_size);
+  if (indices.defined()) {
+    TORCH_CHECK(indices.scalar_type() == at::kLong, op, "_backward: indices must be int64, but got ",
+                indices.scalar_type());
+    TORCH_CHECK(grad_output.device() == indices.device(), op,
+                "_backward: grad_output and indices must be on the same device, but got ", grad_output.device(),
+                " and ", indices.device());
+  }
+  const Pool2dGeom g = check(at::empty(input_size, grad_output.options().device(at::kMeta)));
+  std::vector<int64_t> expected = {g.C, g.OH, g.OW};
+  if (input_size.size() == 4) expected.insert(expected.begin(), g.N);
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(expected), op, "_backward: expected grad_output of size ",
+              at::IntArrayRef(expected), ", but got ", grad_output.sizes());
+  TORCH_CHECK(!indices.defined() || indices.sizes() == at::IntArrayRef(expected), op,
+              "_backward: expected indices of size ", at::IntArrayRef(expected), ", but got ", indices.sizes());
+  return g;
 }
 
 }  // namespace poolops

@@ -121,4 +121,170 @@ C10_HOST_DEVICE inline acc_t max_pool_grad_gather(const scalar_t* gout_plane, co
   return sum;
 }
 
+// ---- average pooling -------------------------------------------------------------------------
+
+// Divisor choice of one avg_pool2d call; divisor_override == 0 means none.
+struct AvgPoolOpts {
+  bool count_include_pad;
+  int64_t divisor_override;
+};
+
+// One avg window along a dim: the in-range taps and the extent clipped to the
+// padded input (the ceil-mode overhang past in + p is never counted).
+struct AvgWindow {
+  Range taps;
+  int64_t padded;
+};
+
+C10_HOST_DEVICE inline AvgWindow avg_pool_window(int64_t o, int64_t in, int64_t k, int64_t s, int64_t p) {
+  const int64_t begin = o * s - p;
+  const int64_t end = begin + k < in + p ? begin + k : in + p;
+  return {{begin < 0 ? 0 : begin, end < in ? end : in}, end - begin};
+}
+
+C10_HOST_DEVICE inline int64_t avg_pool_divisor(const AvgWindow& wh, const AvgWindow& ww, const AvgPoolOpts& opt) {
+  if (opt.divisor_override != 0) return opt.divisor_override;
+  if (opt.count_include_pad) return wh.padded * ww.padded;
+  return (wh.taps.end - wh.taps.begin) * (ww.taps.end - ww.taps.begin);
+}
+
+// Sequential row-major sum of a window of a plane, in the accumulator type.
+template <typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline acc_t window_sum(const scalar_t* plane, int64_t s_h, int64_t s_w, Range rh, Range rw) {
+  acc_t sum = acc_t(0);
+  for (int64_t h = rh.begin; h < rh.end; ++h) {
+    for (int64_t w = rw.begin; w < rw.end; ++w) sum += static_cast<acc_t>(plane[h * s_h + w * s_w]);
+  }
+  return sum;
+}
+
+// avg_pool2d output (oh, ow) of one plane: the window sum, then a true division.
+template <typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline acc_t avg_pool_output(const scalar_t* plane, int64_t s_h, int64_t s_w, const Pool2dGeom& g,
+                                             const AvgPoolOpts& opt, int64_t oh, int64_t ow) {
+  const AvgWindow wh = avg_pool_window(oh, g.H, g.kh, g.sh, g.ph);
+  const AvgWindow ww = avg_pool_window(ow, g.W, g.kw, g.sw, g.pw);
+  if (wh.taps.empty() || ww.taps.empty()) return acc_t(0);
+  return window_sum<scalar_t, acc_t>(plane, s_h, s_w, wh.taps, ww.taps) /
+         static_cast<acc_t>(avg_pool_divisor(wh, ww, opt));
+}
+
+// Gradient of input element (h, w): sum of grad / divisor over the covering
+// outputs, in output row-major order. Deterministic, no atomics.
+template <typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline acc_t avg_pool_grad_gather(const scalar_t* gout_plane, int64_t so_h, int64_t so_w,
+                                                  const Pool2dGeom& g, const AvgPoolOpts& opt, int64_t h, int64_t w) {
+  const Range ro = max_pool_covering(h, g.OH, g.kh, g.sh, g.ph, 1);
+  const Range co = max_pool_covering(w, g.OW, g.kw, g.sw, g.pw, 1);
+  acc_t sum = acc_t(0);
+  for (int64_t oh = ro.begin; oh < ro.end; ++oh) {
+    const AvgWindow wh = avg_pool_window(oh, g.H, g.kh, g.sh, g.ph);
+    for (int64_t ow = co.begin; ow < co.end; ++ow) {
+      const AvgWindow ww = avg_pool_window(ow, g.W, g.kw, g.sw, g.pw);
+      sum += static_cast<acc_t>(gout_plane[oh * so_h + ow * so_w]) /
+             static_cast<acc_t>(avg_pool_divisor(wh, ww, opt));
+    }
+  }
+  return sum;
+}
+
+// ---- adaptive pooling ------------------------------------------------------------------------
+
+// Window of output o when `in` positions map onto `out`: [floor(o*in/out), ceil((o+1)*in/out)).
+// Swapping in and out gives the outputs whose windows contain input position o.
+C10_HOST_DEVICE inline Range adaptive_window(int64_t o, int64_t in, int64_t out) {
+  return {(o / out) * in + ((o % out) * in) / out, 1 + ((o + 1) * in - 1) / out};
+}
+
+C10_HOST_DEVICE inline Range adaptive_covering(int64_t i, int64_t in, int64_t out) {
+  return adaptive_window(i, out, in);
+}
+
+// Adaptive average: the window sum divided by kh and then by kw (as ATen does).
+template <typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline acc_t adaptive_avg_output(const scalar_t* plane, int64_t s_h, int64_t s_w,
+                                                 const Pool2dGeom& g, int64_t oh, int64_t ow) {
+  const Range rh = adaptive_window(oh, g.H, g.OH);
+  const Range rw = adaptive_window(ow, g.W, g.OW);
+  const acc_t sum = window_sum<scalar_t, acc_t>(plane, s_h, s_w, rh, rw);
+  return sum / static_cast<acc_t>(rh.end - rh.begin) / static_cast<acc_t>(rw.end - rw.begin);
+}
+
+template <typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline void adaptive_max_output(const scalar_t* plane, int64_t s_h, int64_t s_w,
+                                                const Pool2dGeom& g, int64_t oh, int64_t ow, acc_t& best,
+                                                int64_t& arg) {
+  max_pool_scan(plane, s_h, s_w, g.W, adaptive_window(oh, g.H, g.OH), adaptive_window(ow, g.W, g.OW), 1, 1, best,
+                arg);
+}
+
+template <typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline acc_t adaptive_avg_grad_gather(const scalar_t* gout_plane, int64_t so_h, int64_t so_w,
+                                                      const Pool2dGeom& g, int64_t h, int64_t w) {
+  const Range ro = adaptive_covering(h, g.H, g.OH);
+  const Range co = adaptive_covering(w, g.W, g.OW);
+  acc_t sum = acc_t(0);
+  for (int64_t oh = ro.begin; oh < ro.end; ++oh) {
+    const Range rh = adaptive_window(oh, g.H, g.OH);
+    for (int64_t ow = co.begin; ow < co.end; ++ow) {
+      const Range rw = adaptive_window(ow, g.W, g.OW);
+      sum += static_cast<acc_t>(gout_plane[oh * so_h + ow * so_w]) / static_cast<acc_t>(rh.end - rh.begin) /
+             static_cast<acc_t>(rw.end - rw.begin);
+    }
+  }
+  return sum;
+}
+
+template <typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline acc_t adaptive_max_grad_gather(const scalar_t* gout_plane, const int64_t* idx_plane,
+                                                      int64_t so_h, int64_t so_w, const Pool2dGeom& g, int64_t h,
+                                                      int64_t w) {
+  const Range ro = adaptive_covering(h, g.H, g.OH);
+  const Range co = adaptive_covering(w, g.W, g.OW);
+  const int64_t target = h * g.W + w;
+  acc_t sum = acc_t(0);
+  for (int64_t oh = ro.begin; oh < ro.end; ++oh) {
+    for (int64_t ow = co.begin; ow < co.end; ++ow) {
+      const int64_t o = oh * so_h + ow * so_w;
+      if (idx_plane[o] == target) sum += static_cast<acc_t>(gout_plane[o]);
+    }
+  }
+  return sum;
+}
+
+// ---- global pooling (one output per plane) ---------------------------------------------------
+
+template <typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline acc_t global_avg_output(const scalar_t* plane, int64_t s_hw, int64_t HW) {
+  acc_t sum = acc_t(0);
+  for (int64_t i = 0; i < HW; ++i) sum += static_cast<acc_t>(plane[i * s_hw]);
+  return sum / static_cast<acc_t>(HW);
+}
+
+template <typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline void global_max_output(const scalar_t* plane, int64_t s_hw, int64_t HW, acc_t& best,
+                                              int64_t& arg) {
+  max_pool_scan(plane, int64_t(0), s_hw, HW, Range{0, 1}, Range{0, HW}, 1, 1, best, arg);
+}
+
+// Splits a linear index in the layout's memory order into (n, c, h, w).
+C10_HOST_DEVICE inline void decode_nchw(int64_t i, int64_t C, int64_t H, int64_t W, bool channels_last, int64_t& n,
+                                        int64_t& c, int64_t& h, int64_t& w) {
+  if (channels_last) {
+    c = i % C;
+    i /= C;
+    w = i % W;
+    i /= W;
+    h = i % H;
+    n = i / H;
+  } else {
+    w = i % W;
+    i /= W;
+    h = i % H;
+    i /= H;
+    c = i % C;
+    n = i / C;
+  }
+}
+
 }  // namespace poolops

@@ -34,4 +34,21 @@ TORCH_LIBRARY(poolops, m) {
   m.def(
       "_max_pool2d_backward(Tensor grad_output, Tensor indices, SymInt[] input_size, int[] kernel_size, "
       "int[] stride, int[] padding, int[] dilation, bool ceil_mode) -> Tensor");
+
+  m.def(
+      "avg_pool2d(Tensor self, int[] kernel_size, int[] stride, int[] padding, bool ceil_mode, "
+      "bool count_include_pad, int? divisor_override) -> Tensor");
+  m.def(
+      "_avg_pool2d_backward(Tensor grad_output, SymInt[] input_size, int[] kernel_size, int[] stride, "
+      "int[] padding, bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor");
+
+  m.def("adaptive_avg_pool2d(Tensor self, int[] output_size) -> Tensor");
+  m.def("_adaptive_avg_pool2d_backward(Tensor grad_output, SymInt[] input_size) -> Tensor");
+  m.def("adaptive_max_pool2d(Tensor self, int[] output_size) -> (Tensor, Tensor)");
+  m.def("_adaptive_max_pool2d_backward(Tensor grad_output, Tensor indices, SymInt[] input_size) -> Tensor");
+
+  m.def("global_avg_pool2d(Tensor self) -> Tensor");
+  m.def("_global_avg_pool2d_backward(Tensor grad_output, SymInt[] input_size) -> Tensor");
+  m.def("global_max_pool2d(Tensor self) -> (Tensor, Tensor)");
+  m.def("_global_max_pool2d_backward(Tensor grad_output, Tensor indices, SymInt[] input_size) -> Tensor");
 }

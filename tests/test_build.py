@@ -5,7 +5,12 @@ import torch
 
 import poolops
 
-OPS = ["max_pool2d_with_indices", "max_pool2d", "_max_pool2d_backward"]
+OPS = [
+    "max_pool2d_with_indices", "max_pool2d", "_max_pool2d_backward",
+    "avg_pool2d", "_avg_pool2d_backward",
+    "adaptive_avg_pool2d", "_adaptive_avg_pool2d_backward", "adaptive_max_pool2d", "_adaptive_max_pool2d_backward",
+    "global_avg_pool2d", "_global_avg_pool2d_backward", "global_max_pool2d", "_global_max_pool2d_backward",
+]
 
 
 def has_kernel(op, key):

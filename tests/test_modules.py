@@ -6,7 +6,12 @@ import torch
 import poolops
 import poolops.nn as pnn
 
-PAIRS = [(pnn.MaxPool2d, torch.nn.MaxPool2d)]
+PAIRS = [
+    (pnn.MaxPool2d, torch.nn.MaxPool2d),
+    (pnn.AvgPool2d, torch.nn.AvgPool2d),
+    (pnn.AdaptiveAvgPool2d, torch.nn.AdaptiveAvgPool2d),
+    (pnn.AdaptiveMaxPool2d, torch.nn.AdaptiveMaxPool2d),
+]
 
 
 @pytest.mark.parametrize("mine,theirs", PAIRS)
@@ -38,3 +43,19 @@ def test_module_swaps_into_a_sequential():
     swapped.load_state_dict(model.state_dict())
     x = torch.randn(2, 3, 16, 16)
     assert torch.equal(model(x), swapped(x))
+
+
+@pytest.mark.parametrize(
+    "mine,theirs,args",
+    [(pnn.AvgPool2d, torch.nn.AvgPool2d, (3, 2, 1, True, False)), (pnn.AvgPool2d, torch.nn.AvgPool2d, (2, None, 0, False, True, -2)),
+     (pnn.AdaptiveAvgPool2d, torch.nn.AdaptiveAvgPool2d, ((4, None),)), (pnn.AdaptiveMaxPool2d, torch.nn.AdaptiveMaxPool2d, (3, True))],
+)
+def test_other_modules_match_torch(mine, theirs, args):
+    a_mod, b_mod = mine(*args), theirs(*args)
+    assert repr(a_mod) == repr(b_mod)
+    x = torch.randn(2, 3, 11, 10)
+    a, b = a_mod(x), b_mod(x)
+    if isinstance(b, tuple):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    else:
+        assert torch.equal(a, b)

@@ -105,3 +105,75 @@ def memory_format_of(x: torch.Tensor) -> torch.memory_format:
         if suggest_memory_format(x) == torch.channels_last:
             return torch.channels_last
     return torch.contiguous_format
+
+
+def avg_pool2d_output_shape(shape, kernel_size, stride, padding, ceil_mode, divisor_override) -> list:
+    """Output shape of avg_pool2d for an input shape, with ATen's checks in ATen's order."""
+    torch._check(len(kernel_size) in (1, 2),
+                 lambda: "avg_pool2d: kernel_size must either be a single int, or a tuple of two ints")
+    torch._check(len(stride) in (0, 1, 2),
+                 lambda: "avg_pool2d: stride must either be omitted, a single int, or a tuple of two ints")
+    torch._check(len(padding) in (1, 2),
+                 lambda: "avg_pool2d: padding must either be a single int, or a tuple of two ints")
+    torch._check(divisor_override is None or divisor_override != 0, lambda: "divisor must be not zero")
+    if len(shape) < 3:
+        raise IndexError(f"Dimension out of range (expected to be in range of [{-len(shape)}, {len(shape) - 1}], "
+                         "but got -3)")
+    kh, kw = _pick(kernel_size, 0), _pick(kernel_size, 1)
+    sh, sw = (kh, kw) if len(stride) == 0 else (_pick(stride, 0), _pick(stride, 1))
+    ph, pw = _pick(padding, 0), _pick(padding, 1)
+    C, H, W = shape[-3:]
+    oh = _checked_output_size(H, kh, sh, ph, 1, ceil_mode)
+    ow = _checked_output_size(W, kw, sw, pw, 1, ceil_mode)
+    torch._check(kh > 0 and kw > 0, lambda: f"kernel size should be greater than zero, but got kH: {kh} kW: {kw}")
+    torch._check(sh > 0 and sw > 0, lambda: f"stride should be greater than zero, but got dH: {sh} dW: {sw}")
+    torch._check(len(shape) in (3, 4) and C > 0 and H > 0 and W > 0,
+                 lambda: "Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for input, "
+                 f"but got:{list(shape)}")
+    torch._check(kw // 2 >= pw and kh // 2 >= ph,
+                 lambda: f"pad should be smaller than or equal to half of kernel size, but got padW = {pw}, "
+                 f"padH = {ph}, kW = {kw}, kH = {kh}")
+    torch._check(oh >= 1 and ow >= 1,
+                 lambda: f"Given input size: ({C}x{H}x{W}). Calculated output size: ({C}x{oh}x{ow}). "
+                 "Output size is too small")
+    return [*shape[:-2], oh, ow]
+
+
+def _check_plane_input(shape, op, sep):
+    torch._check(len(shape) in (3, 4), lambda: f"{op}(): Expected 3D or 4D tensor, but got{sep}{list(shape)}")
+    for d in range(len(shape) - 3, len(shape)):
+        torch._check(shape[d] > 0,
+                     lambda: f"{op}(): Expected input to have non-zero size for non-batch dimensions, but input has "
+                     f"sizes {list(shape)} with dimension {d} being empty")
+
+
+def adaptive_output_shape(shape, output_size, op) -> list:
+    """Output shape of adaptive_{avg,max}_pool2d, with ATen's checks and messages."""
+    if op == "adaptive_max_pool2d":
+        torch._check(len(output_size) == 2, lambda: f"{op}(): internal error: output_size.size() must be 2")
+        _check_plane_input(shape, op, ": ")
+        out = [*shape[:-2], *output_size]
+        for s in output_size:
+            torch._check(s >= 0, lambda: f"Trying to create tensor with negative dimension {s}: {out}")
+        return out
+    torch._check(len(output_size) == 2, lambda: f"{op}: output_size must be 2")
+    torch._check(output_size[0] >= 0 and output_size[1] >= 0,
+                 lambda: f"{op}: elements of output_size must be greater than or equal to 0 but received "
+                 f"{{{output_size[0]}, {output_size[1]}}}")
+    _check_plane_input(shape, op, " ")
+    return [*shape[:-2], *output_size]
+
+
+def global_output_shape(shape, op) -> list:
+    _check_plane_input(shape, op, " ")
+    return [*shape[:-2], 1, 1]
+
+
+def adaptive_output_size(output_size, input_shape) -> list:
+    """output_size as a list: an int applies to both dims and a None entry takes
+    the input's size (torch's _list_with_default)."""
+    if isinstance(output_size, int) and not isinstance(output_size, bool):
+        return int_list([output_size, output_size], "output_size", "adaptive_pool2d")
+    items = list(output_size)
+    defaults = list(input_shape)[-len(items):] if items else []
+    return int_list([d if v is None else v for v, d in zip(items, defaults)], "output_size", "adaptive_pool2d")

@@ -58,3 +58,104 @@ def _mp_bwd_backward(ctx, grad_grad_input):
 
 
 torch.library.register_autograd("poolops::_max_pool2d_backward", _mp_bwd_backward, setup_context=_mp_bwd_setup)
+
+
+# avg_pool2d: linear in its input; the backward is linear in grad_output and
+# its own gradient is the forward op again.
+def _ap_setup(ctx, inputs, output):
+    x, *params = inputs
+    ctx.input_size = x.shape
+    ctx.params = params
+
+
+def _ap_backward(ctx, grad_out):
+    return (_ops._avg_pool2d_backward(grad_out, ctx.input_size, *ctx.params),) + (None,) * 6
+
+
+torch.library.register_autograd("poolops::avg_pool2d", _ap_backward, setup_context=_ap_setup)
+
+
+def _ap_bwd_setup(ctx, inputs, output):
+    ctx.params = inputs[2:]
+
+
+def _ap_bwd_backward(ctx, grad_grad_input):
+    return (_ops.avg_pool2d(grad_grad_input, *ctx.params),) + (None,) * 7
+
+
+torch.library.register_autograd("poolops::_avg_pool2d_backward", _ap_bwd_backward, setup_context=_ap_bwd_setup)
+
+
+# adaptive_avg_pool2d and global_avg_pool2d: the same linear pattern.
+def _aap_setup(ctx, inputs, output):
+    ctx.input_size = inputs[0].shape
+
+
+def _aap_backward(ctx, grad_out):
+    return _ops._adaptive_avg_pool2d_backward(grad_out, ctx.input_size), None
+
+
+torch.library.register_autograd("poolops::adaptive_avg_pool2d", _aap_backward, setup_context=_aap_setup)
+
+
+def _aap_bwd_setup(ctx, inputs, output):
+    ctx.output_size = list(inputs[0].shape[-2:])
+
+
+def _aap_bwd_backward(ctx, grad_grad_input):
+    return _ops.adaptive_avg_pool2d(grad_grad_input, ctx.output_size), None
+
+
+torch.library.register_autograd("poolops::_adaptive_avg_pool2d_backward", _aap_bwd_backward,
+                                setup_context=_aap_bwd_setup)
+
+
+def _gap_backward(ctx, grad_out):
+    return _ops._global_avg_pool2d_backward(grad_out, ctx.input_size)
+
+
+torch.library.register_autograd("poolops::global_avg_pool2d", _gap_backward, setup_context=_aap_setup)
+
+
+def _gap_bwd_backward(ctx, grad_grad_input):
+    return _ops.global_avg_pool2d(grad_grad_input), None
+
+
+torch.library.register_autograd("poolops::_global_avg_pool2d_backward", _gap_bwd_backward,
+                                setup_context=lambda ctx, inputs, output: None)
+
+
+# adaptive_max_pool2d and global_max_pool2d: the gradient goes to the argmax,
+# and the backward's own gradient gathers there.
+def _amp_setup(ctx, inputs, output):
+    ctx.save_for_backward(output[1])
+    ctx.input_size = inputs[0].shape
+
+
+def _amp_backward(ctx, grad_out, _grad_indices):
+    (indices,) = ctx.saved_tensors
+    return _ops._adaptive_max_pool2d_backward(grad_out, indices, ctx.input_size), None
+
+
+torch.library.register_autograd("poolops::adaptive_max_pool2d", _amp_backward, setup_context=_amp_setup)
+
+
+def _gmp_backward(ctx, grad_out, _grad_indices):
+    (indices,) = ctx.saved_tensors
+    return _ops._global_max_pool2d_backward(grad_out, indices, ctx.input_size)
+
+
+torch.library.register_autograd("poolops::global_max_pool2d", _gmp_backward, setup_context=_amp_setup)
+
+
+def _argmax_bwd_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1])
+
+
+def _argmax_bwd_backward(ctx, grad_grad_input):
+    (indices,) = ctx.saved_tensors
+    return _gather_at_indices(grad_grad_input, indices), None, None
+
+
+for _op in ("_adaptive_max_pool2d_backward", "_global_max_pool2d_backward"):
+    torch.library.register_autograd(f"poolops::{_op}", _argmax_bwd_backward, setup_context=_argmax_bwd_setup)

@@ -2,7 +2,13 @@
 so torch.compile, torch.export and FakeTensor work."""
 import torch
 
-from ._args import max_pool2d_output_shape, memory_format_of
+from ._args import (
+    adaptive_output_shape,
+    avg_pool2d_output_shape,
+    global_output_shape,
+    max_pool2d_output_shape,
+    memory_format_of,
+)
 
 
 def _new(like: torch.Tensor, shape, dtype, memory_format):
@@ -30,4 +36,80 @@ def _max_pool2d_backward_fake(grad_output, indices, input_size, kernel_size, str
     torch._check(list(grad_output.shape) == expected and list(indices.shape) == expected,
                  lambda: f"max_pool2d_backward: expected grad_output and indices of size {expected}, "
                  f"but got {list(grad_output.shape)} and {list(indices.shape)}")
+    return _new(grad_output, input_size, grad_output.dtype, memory_format_of(indices))
+
+
+@torch.library.register_fake("poolops::avg_pool2d")
+def _avg_pool2d_fake(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    shape = avg_pool2d_output_shape(x.shape, kernel_size, stride, padding, ceil_mode, divisor_override)
+    return _new(x, shape, x.dtype, memory_format_of(x))
+
+
+def _check_grad_output(op, grad_output, expected, indices=None):
+    torch._check(list(grad_output.shape) == expected,
+                 lambda: f"{op}_backward: expected grad_output of size {expected}, but got {list(grad_output.shape)}")
+    if indices is not None:
+        torch._check(indices.dtype == torch.int64,
+                     lambda: f"{op}_backward: indices must be int64, but got {indices.dtype}")
+        torch._check(list(indices.shape) == expected,
+                     lambda: f"{op}_backward: expected indices of size {expected}, but got {list(indices.shape)}")
+
+
+@torch.library.register_fake("poolops::_avg_pool2d_backward")
+def _avg_pool2d_backward_fake(grad_output, input_size, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                              divisor_override):
+    expected = avg_pool2d_output_shape(input_size, kernel_size, stride, padding, ceil_mode, divisor_override)
+    _check_grad_output("avg_pool2d", grad_output, expected)
+    return _new(grad_output, input_size, grad_output.dtype, memory_format_of(grad_output))
+
+
+@torch.library.register_fake("poolops::adaptive_avg_pool2d")
+def _adaptive_avg_pool2d_fake(x, output_size):
+    shape = adaptive_output_shape(x.shape, output_size, "adaptive_avg_pool2d")
+    return _new(x, shape, x.dtype, memory_format_of(x))
+
+
+@torch.library.register_fake("poolops::adaptive_max_pool2d")
+def _adaptive_max_pool2d_fake(x, output_size):
+    shape = adaptive_output_shape(x.shape, output_size, "adaptive_max_pool2d")
+    fmt = memory_format_of(x)
+    return _new(x, shape, x.dtype, fmt), _new(x, shape, torch.int64, fmt)
+
+
+@torch.library.register_fake("poolops::_adaptive_avg_pool2d_backward")
+def _adaptive_avg_pool2d_backward_fake(grad_output, input_size):
+    expected = adaptive_output_shape(input_size, list(grad_output.shape[-2:]), "adaptive_avg_pool2d")
+    _check_grad_output("adaptive_avg_pool2d", grad_output, expected)
+    return _new(grad_output, input_size, grad_output.dtype, memory_format_of(grad_output))
+
+
+@torch.library.register_fake("poolops::_adaptive_max_pool2d_backward")
+def _adaptive_max_pool2d_backward_fake(grad_output, indices, input_size):
+    expected = adaptive_output_shape(input_size, list(grad_output.shape[-2:]), "adaptive_max_pool2d")
+    _check_grad_output("adaptive_max_pool2d", grad_output, expected, indices)
+    return _new(grad_output, input_size, grad_output.dtype, memory_format_of(indices))
+
+
+@torch.library.register_fake("poolops::global_avg_pool2d")
+def _global_avg_pool2d_fake(x):
+    return _new(x, global_output_shape(x.shape, "global_avg_pool2d"), x.dtype, memory_format_of(x))
+
+
+@torch.library.register_fake("poolops::global_max_pool2d")
+def _global_max_pool2d_fake(x):
+    shape = global_output_shape(x.shape, "global_max_pool2d")
+    fmt = memory_format_of(x)
+    return _new(x, shape, x.dtype, fmt), _new(x, shape, torch.int64, fmt)
+
+
+@torch.library.register_fake("poolops::_global_avg_pool2d_backward")
+def _global_avg_pool2d_backward_fake(grad_output, input_size):
+    _check_grad_output("global_avg_pool2d", grad_output, global_output_shape(input_size, "global_avg_pool2d"))
+    return _new(grad_output, input_size, grad_output.dtype, memory_format_of(grad_output))
+
+
+@torch.library.register_fake("poolops::_global_max_pool2d_backward")
+def _global_max_pool2d_backward_fake(grad_output, indices, input_size):
+    _check_grad_output("global_max_pool2d", grad_output, global_output_shape(input_size, "global_max_pool2d"),
+                       indices)
     return _new(grad_output, input_size, grad_output.dtype, memory_format_of(indices))

@@ -61,6 +61,25 @@ def cases(quick: bool) -> list[Case]:
     for name, (shape, args) in shapes.items():
         out.append(Case("max_pool2d", name, shape, *_max(args)))
         out.append(Case("max_pool2d+indices", name, shape, *_max(args, indices=True), with_backward=False))
+    out_elt = lambda x, y: _elt(y)  # noqa: E731
+    with_idx = lambda x, y: _elt(y) + y.numel() * 8  # noqa: E731
+    avg = {
+        "DenseNet transition avgpool 2/2": ((32, 256, 56, 56) if not quick else (4, 256, 56, 56), (2, 2, 0)),
+        "avgpool 3/2/1": ((32, 64, 56, 56) if not quick else (8, 64, 56, 56), (3, 2, 1)),
+    }
+    for name, (shape, args) in avg.items():
+        out.append(Case("avg_pool2d", name, shape, lambda x, a=args: P.avg_pool2d(x, *a),
+                        lambda x, a=args: F.avg_pool2d(x, *a), out_elt))
+    head = (32, 2048, 7, 7) if not quick else (8, 2048, 7, 7)
+    out.append(Case("global_avg_pool2d", "ResNet-50 head GAP", head, P.global_avg_pool2d,
+                    lambda x: F.adaptive_avg_pool2d(x, 1), out_elt))
+    out.append(Case("global_max_pool2d", "ResNet-50 head global max", head, P.global_max_pool2d,
+                    lambda x: F.adaptive_max_pool2d(x, 1), with_idx))
+    adaptive = (32, 512, 14, 14) if not quick else (8, 512, 14, 14)
+    out.append(Case("adaptive_avg_pool2d", "VGG head adaptive avg 7", adaptive, lambda x: P.adaptive_avg_pool2d(x, 7),
+                    lambda x: F.adaptive_avg_pool2d(x, 7), out_elt))
+    out.append(Case("adaptive_max_pool2d", "adaptive max 7", adaptive, lambda x: P.adaptive_max_pool2d(x, 7),
+                    lambda x: F.adaptive_max_pool2d(x, 7), with_idx))
     return out
 
 

@@ -1,11 +1,19 @@
 """Functional API with the signatures of torch.nn.functional."""
 import torch
 
-from ._args import int_list
+from ._args import adaptive_output_size, int_list
 
 _ops = torch.ops.poolops
 
-__all__ = ["max_pool2d", "max_pool2d_with_indices"]
+__all__ = [
+    "max_pool2d",
+    "max_pool2d_with_indices",
+    "avg_pool2d",
+    "adaptive_avg_pool2d",
+    "adaptive_max_pool2d",
+    "global_avg_pool2d",
+    "global_max_pool2d",
+]
 
 
 def _pool_params(op, kernel_size, stride, padding, dilation):
@@ -33,3 +41,46 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 def max_pool2d_with_indices(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
     """max_pool2d(..., return_indices=True)."""
     return max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices=True)
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
+    """2-D average pooling over (N, C, H, W) or (C, H, W) input, like
+    torch.nn.functional.avg_pool2d: a sequential row-major window sum in the
+    accumulation type, then a true division by the window's divisor (padding
+    counted or not; the ceil-mode overhang never is), or by divisor_override."""
+    kernel = int_list(kernel_size, "kernel_size", "avg_pool2d")
+    strides = [] if stride is None else int_list(stride, "stride", "avg_pool2d")
+    pads = int_list(padding, "padding", "avg_pool2d")
+    if divisor_override is not None:
+        (divisor_override,) = int_list(divisor_override, "divisor_override", "avg_pool2d")
+    return _ops.avg_pool2d(input, kernel, strides, pads, bool(ceil_mode), bool(count_include_pad), divisor_override)
+
+
+def adaptive_avg_pool2d(input, output_size):
+    """Adaptive average pooling to output_size (an int, or a pair whose None
+    entries keep the input size), like torch.nn.functional.adaptive_avg_pool2d.
+    Output (o_h, o_w) averages rows [floor(o_h*H/OH), ceil((o_h+1)*H/OH)) and
+    likewise for columns. The backward is a deterministic gather."""
+    return _ops.adaptive_avg_pool2d(input, adaptive_output_size(output_size, input.shape))
+
+
+def adaptive_max_pool2d(input, output_size, return_indices=False):
+    """Adaptive max pooling, like torch.nn.functional.adaptive_max_pool2d.
+    Indices are flat offsets within each H×W plane; ties and NaN follow
+    max_pool2d. The backward is a deterministic gather."""
+    out, indices = _ops.adaptive_max_pool2d(input, adaptive_output_size(output_size, input.shape))
+    return (out, indices) if return_indices else out
+
+
+def global_avg_pool2d(input):
+    """Mean over H×W: (N, C, 1, 1) for (N, C, H, W) input, (C, 1, 1) for (C, H, W).
+    Equals adaptive_avg_pool2d(input, 1) to float rounding."""
+    return _ops.global_avg_pool2d(input)
+
+
+def global_max_pool2d(input, return_indices=False):
+    """Max over H×W: (N, C, 1, 1) or (C, 1, 1); equals adaptive_max_pool2d(input, 1),
+    indices included."""
+    out, indices = _ops.global_max_pool2d(input)
+    return (out, indices) if return_indices else out

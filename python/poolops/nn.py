@@ -5,7 +5,7 @@ import torch
 
 from . import functional as F
 
-__all__ = ["MaxPool2d"]
+__all__ = ["MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "GlobalAvgPool2d", "GlobalMaxPool2d"]
 
 
 class MaxPool2d(torch.nn.MaxPool2d):
@@ -14,3 +14,47 @@ class MaxPool2d(torch.nn.MaxPool2d):
     def forward(self, input):
         return F.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
                             ceil_mode=self.ceil_mode, return_indices=self.return_indices)
+
+
+class AvgPool2d(torch.nn.AvgPool2d):
+    __doc__ = torch.nn.AvgPool2d.__doc__
+
+    def forward(self, input):
+        return F.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                            self.count_include_pad, self.divisor_override)
+
+
+class AdaptiveAvgPool2d(torch.nn.AdaptiveAvgPool2d):
+    __doc__ = torch.nn.AdaptiveAvgPool2d.__doc__
+
+    def forward(self, input):
+        return F.adaptive_avg_pool2d(input, self.output_size)
+
+
+class AdaptiveMaxPool2d(torch.nn.AdaptiveMaxPool2d):
+    __doc__ = torch.nn.AdaptiveMaxPool2d.__doc__
+
+    def forward(self, input):
+        return F.adaptive_max_pool2d(input, self.output_size, self.return_indices)
+
+
+class GlobalAvgPool2d(torch.nn.Module):
+    """Mean over the spatial dims: (N, C, H, W) -> (N, C, 1, 1), or (C, H, W) -> (C, 1, 1)."""
+
+    def forward(self, input):
+        return F.global_avg_pool2d(input)
+
+
+class GlobalMaxPool2d(torch.nn.Module):
+    """Max over the spatial dims: (N, C, H, W) -> (N, C, 1, 1), or (C, H, W) -> (C, 1, 1).
+    With return_indices, also the flat argmax within each H×W plane."""
+
+    def __init__(self, return_indices: bool = False):
+        super().__init__()
+        self.return_indices = return_indices
+
+    def extra_repr(self):
+        return f"return_indices={self.return_indices}"
+
+    def forward(self, input):
+        return F.global_max_pool2d(input, self.return_indices)

@@ -1,0 +1,114 @@
+// avg_pool2d on CPU: forward and the gather backward, NCHW and NHWC.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <optional>
+
+#include "../pool_args.h"
+#include "cpu_loops.h"
+
+namespace poolops {
+namespace {
+
+constexpr int64_t kLanes = 256;  // channels accumulated together in NHWC
+
+AvgPoolOpts opts_of(bool count_include_pad, std::optional<int64_t> divisor_override) {
+  return {count_include_pad, divisor_override.value_or(0)};
+}
+
+template <typename scalar_t>
+void forward_nchw(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const AvgPoolOpts& opt) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.OW * g.kh * g.kw));
+  at::parallel_for(0, g.N * g.C * g.OH, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const scalar_t* plane = x + (r / g.OH) * g.H * g.W;
+      for (int64_t ow = 0; ow < g.OW; ++ow) {
+        y[r * g.OW + ow] = static_cast<scalar_t>(avg_pool_output<scalar_t, acc_t>(plane, g.W, 1, g, opt, r % g.OH, ow));
+      }
+    }
+  });
+}
+
+// NHWC: all channels of an output pixel summed together, each in the same
+// row-major tap order as the scalar path, so both layouts agree bit for bit.
+template <typename scalar_t>
+void forward_nhwc(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const AvgPoolOpts& opt) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.C * g.kh * g.kw));
+  at::parallel_for(0, g.N * g.OH * g.OW, grain, [&](int64_t begin, int64_t end) {
+    acc_t acc[kLanes];
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t ow = p % g.OW;
+      const int64_t oh = (p / g.OW) % g.OH;
+      const scalar_t* xn = x + (p / (g.OW * g.OH)) * g.H * g.W * g.C;
+      const AvgWindow wh = avg_pool_window(oh, g.H, g.kh, g.sh, g.ph);
+      const AvgWindow ww = avg_pool_window(ow, g.W, g.kw, g.sw, g.pw);
+      const acc_t div = static_cast<acc_t>(avg_pool_divisor(wh, ww, opt));
+      for (int64_t c0 = 0; c0 < g.C; c0 += kLanes) {
+        const int64_t n = std::min(kLanes, g.C - c0);
+        std::fill(acc, acc + n, acc_t(0));
+        for (int64_t h = wh.taps.begin; h < wh.taps.end; ++h) {
+          for (int64_t w = ww.taps.begin; w < ww.taps.end; ++w) {
+            const scalar_t* src = xn + (h * g.W + w) * g.C + c0;
+            for (int64_t j = 0; j < n; ++j) acc[j] += static_cast<acc_t>(src[j]);
+          }
+        }
+        for (int64_t j = 0; j < n; ++j) y[p * g.C + c0 + j] = static_cast<scalar_t>(acc[j] / div);
+      }
+    }
+  });
+}
+
+// One gradient per input element, walked in memory order.
+template <typename scalar_t>
+void backward(const scalar_t* gout, scalar_t* gin, const Pool2dGeom& g, const AvgPoolOpts& opt, bool channels_last) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Strides4 so = strides_for(g.C, g.OH, g.OW, channels_last);
+  for_each_element(g.N, g.C, g.H, g.W, channels_last, std::max<int64_t>(1, 16384 / (g.kh * g.kw)),
+                   [&](int64_t n, int64_t c, int64_t h, int64_t w, int64_t i) {
+    gin[i] = static_cast<scalar_t>(
+        avg_pool_grad_gather<scalar_t, acc_t>(gout + n * so.n + c * so.c, so.h, so.w, g, opt, h, w));
+  });
+}
+
+at::Tensor avg_pool2d_cpu(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                          at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                          std::optional<int64_t> divisor_override) {
+  const Pool2dGeom geom = check_avg_pool2d(input, kernel_size, stride, padding, ceil_mode, divisor_override);
+  const AvgPoolOpts opt = opts_of(count_include_pad, divisor_override);
+  return std::get<0>(run_pool2d(input, geom, false, [&](const at::Tensor& x, const at::Tensor& out, const at::Tensor&,
+                                                        const Pool2dGeom& g, bool cl) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "avg_pool2d", [&] {
+      cl ? forward_nhwc(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), g, opt)
+         : forward_nchw(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), g, opt);
+    });
+  }));
+}
+
+at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_output, at::IntArrayRef input_size,
+                                   at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                   bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override) {
+  const Pool2dGeom geom = check_avg_pool2d_backward(grad_output, input_size, kernel_size, stride, padding, ceil_mode,
+                                                    divisor_override);
+  const AvgPoolOpts opt = opts_of(count_include_pad, divisor_override);
+  return run_pool2d_backward(grad_output, at::Tensor(), input_size, geom,
+                             [&](const at::Tensor& gout, const at::Tensor&, const at::Tensor& gin, const Pool2dGeom& g,
+                                 bool cl) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gout.scalar_type(), "avg_pool2d_backward", [&] {
+      backward(gout.const_data_ptr<scalar_t>(), gin.mutable_data_ptr<scalar_t>(), g, opt, cl);
+    });
+  });
+}
+
+}  // namespace
+}  // namespace poolops
+
+TORCH_LIBRARY_IMPL(poolops, CPU, m) {
+  m.impl("avg_pool2d", &poolops::avg_pool2d_cpu);
+  m.impl("_avg_pool2d_backward", &poolops::avg_pool2d_backward_cpu);
+}
