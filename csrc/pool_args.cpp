@@ -87,27 +87,6 @@ Pool2dGeom check_max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size
   return g;
 }
 
-Pool2dGeom check_max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& indices,
-                                     at::IntArrayRef input_size, at::IntArrayRef kernel_size,
-                                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                                     bool ceil_mode) {
-  TORCH_CHECK(input_size.size() == 3 || input_size.size() == 4,
-              "max_pool2d_backward: input_size must have 3 or 4 elements, but got ", input_size);
-  TORCH_CHECK(indices.scalar_type() == at::kLong, "max_pool2d_backward: indices must be int64, but got ",
-              indices.scalar_type());
-  TORCH_CHECK(grad_output.device() == indices.device(),
-              "max_pool2d_backward: grad_output and indices must be on the same device, but got ",
-              grad_output.device(), " and ", indices.device());
-  const at::Tensor shape_probe = at::empty(input_size, grad_output.options().device(at::kMeta));
-  Pool2dGeom g = check_max_pool2d(shape_probe, kernel_size, stride, padding, dilation, ceil_mode);
-  std::vector<int64_t> expected = {g.C, g.OH, g.OW};
-  if (input_size.size() == 4) expected.insert(expected.begin(), g.N);
-  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(expected) && indices.sizes() == at::IntArrayRef(expected),
-              "max_pool2d_backward: expected grad_output and indices of size ", at::IntArrayRef(expected),
-              ", but got ", grad_output.sizes(), " and ", indices.sizes());
-  return g;
-}
-
 }  // namespace poolops
 
 namespace poolops {

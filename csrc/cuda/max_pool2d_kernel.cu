@@ -96,19 +96,23 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices_cuda(const at::Tensor
                                                                 at::IntArrayRef kernel_size,
                                                                 at::IntArrayRef stride, at::IntArrayRef padding,
                                                                 at::IntArrayRef dilation, bool ceil_mode) {
-  return run_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, true, launch_forward);
+  return run_pool2d(input, check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode), true,
+                    launch_forward);
 }
 
 at::Tensor max_pool2d_cuda(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                            at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
-  return std::get<0>(run_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, false, launch_forward));
+  const Pool2dGeom g = check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode);
+  return std::get<0>(run_pool2d(input, g, false, launch_forward));
 }
 
 at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& indices,
                                     at::IntArrayRef input_size, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                     at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
-  return run_max_pool2d_backward(grad_output, indices, input_size, kernel_size, stride, padding, dilation,
-                                 ceil_mode, launch_backward);
+  const Pool2dGeom g = check_pool2d_backward(grad_output, indices, input_size, "max_pool2d", [&](const at::Tensor& probe) {
+    return check_max_pool2d(probe, kernel_size, stride, padding, dilation, ceil_mode);
+  });
+  return run_pool2d_backward(grad_output, indices, input_size, g, launch_backward);
 }
 
 }  // namespace

@@ -28,17 +28,6 @@ def _max_pool2d_fake(x, kernel_size, stride, padding, dilation, ceil_mode):
     return _new(x, shape, x.dtype, memory_format_of(x))
 
 
-@torch.library.register_fake("poolops::_max_pool2d_backward")
-def _max_pool2d_backward_fake(grad_output, indices, input_size, kernel_size, stride, padding, dilation, ceil_mode):
-    torch._check(indices.dtype == torch.int64,
-                 lambda: f"max_pool2d_backward: indices must be int64, but got {indices.dtype}")
-    expected = max_pool2d_output_shape(input_size, kernel_size, stride, padding, dilation, ceil_mode)
-    torch._check(list(grad_output.shape) == expected and list(indices.shape) == expected,
-                 lambda: f"max_pool2d_backward: expected grad_output and indices of size {expected}, "
-                 f"but got {list(grad_output.shape)} and {list(indices.shape)}")
-    return _new(grad_output, input_size, grad_output.dtype, memory_format_of(indices))
-
-
 @torch.library.register_fake("poolops::avg_pool2d")
 def _avg_pool2d_fake(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
     shape = avg_pool2d_output_shape(x.shape, kernel_size, stride, padding, ceil_mode, divisor_override)
@@ -53,6 +42,13 @@ def _check_grad_output(op, grad_output, expected, indices=None):
                      lambda: f"{op}_backward: indices must be int64, but got {indices.dtype}")
         torch._check(list(indices.shape) == expected,
                      lambda: f"{op}_backward: expected indices of size {expected}, but got {list(indices.shape)}")
+
+
+@torch.library.register_fake("poolops::_max_pool2d_backward")
+def _max_pool2d_backward_fake(grad_output, indices, input_size, kernel_size, stride, padding, dilation, ceil_mode):
+    expected = max_pool2d_output_shape(input_size, kernel_size, stride, padding, dilation, ceil_mode)
+    _check_grad_output("max_pool2d", grad_output, expected, indices)
+    return _new(grad_output, input_size, grad_output.dtype, memory_format_of(indices))
 
 
 @torch.library.register_fake("poolops::_avg_pool2d_backward")
