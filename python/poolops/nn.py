@@ -4,6 +4,7 @@ forward runs the poolops kernels."""
 import torch
 
 from . import functional as F
+from ._convert import Swap, convert  # noqa: F401
 
 __all__ = ["MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "GlobalAvgPool2d", "GlobalMaxPool2d"]
 
