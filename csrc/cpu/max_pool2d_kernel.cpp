@@ -201,33 +201,37 @@ void backward_nchw(const scalar_t* gout, const int64_t* idx, scalar_t* gin, cons
   });
 }
 
-// NHWC: one task per input pixel gathers over the outputs covering it, all
-// channels at once (a select per channel, which vectorises).
+// NHWC: tasks own a batch element's block of channels (split only as far as
+// needed to keep every thread busy) and scatter its outputs in row-major order.
 template <typename scalar_t>
 void backward_nhwc(const scalar_t* gout, const int64_t* idx, scalar_t* gin, const Pool2dGeom& g) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, g.C * 4));
-  at::parallel_for(0, g.N * g.H * g.W, grain, [&](int64_t begin, int64_t end) {
-    acc_t acc[kLanes];
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t w = p % g.W;
-      const int64_t h = (p / g.W) % g.H;
-      const int64_t n = p / (g.W * g.H);
-      const int64_t target = h * g.W + w;
-      const Range ro = max_pool_covering(h, g.OH, g.kh, g.sh, g.ph, g.dh);
-      const Range co = max_pool_covering(w, g.OW, g.kw, g.sw, g.pw, g.dw);
-      for (int64_t c0 = 0; c0 < g.C; c0 += kLanes) {
-        const int64_t cn = std::min(kLanes, g.C - c0);
-        std::fill(acc, acc + cn, acc_t(0));
-        for (int64_t oh = ro.begin; oh < ro.end; ++oh) {
-          for (int64_t ow = co.begin; ow < co.end; ++ow) {
-            const int64_t o = ((n * g.OH + oh) * g.OW + ow) * g.C + c0;
-            for (int64_t c = 0; c < cn; ++c) {
-              acc[c] += idx[o + c] == target ? static_cast<acc_t>(gout[o + c]) : acc_t(0);
-            }
-          }
+  constexpr bool kDirect = std::is_same_v<acc_t, scalar_t>;
+  const int64_t HW = g.H * g.W;
+  const int64_t OHW = g.OH * g.OW;
+  const int64_t threads = at::get_num_threads();
+  const int64_t blocks = g.N >= threads ? 1 : std::min((2 * threads + g.N - 1) / g.N, (g.C + 7) / 8);
+  const int64_t block = ((g.C + blocks - 1) / blocks + 7) / 8 * 8;
+  const int64_t per_n = (g.C + block - 1) / block;
+  at::parallel_for(0, g.N * per_n, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> scratch(kDirect ? 0 : HW * block);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / per_n;
+      const int64_t c0 = (t % per_n) * block;
+      const int64_t cb = std::min(block, g.C - c0);
+      scalar_t* out = gin + n * HW * g.C + c0;
+      acc_t* acc = kDirect ? reinterpret_cast<acc_t*>(out) : scratch.data();
+      const int64_t ld = kDirect ? g.C : cb;  // distance between pixels in acc
+      for (int64_t i = 0; i < HW; ++i) std::fill(acc + i * ld, acc + i * ld + cb, acc_t(0));
+      const int64_t* ip = idx + n * OHW * g.C + c0;
+      const scalar_t* gp = gout + n * OHW * g.C + c0;
+      for (int64_t o = 0; o < OHW; ++o, ip += g.C, gp += g.C) {
+        for (int64_t c = 0; c < cb; ++c) {
+          if (ip[c] >= 0) acc[ip[c] * ld + c] += static_cast<acc_t>(gp[c]);
         }
-        for (int64_t c = 0; c < cn; ++c) gin[p * g.C + c0 + c] = static_cast<scalar_t>(acc[c]);
+      }
+      if (!kDirect) {
+        for (int64_t i = 0; i < HW; ++i) std::copy(acc + i * ld, acc + i * ld + cb, out + i * g.C);
       }
     }
   });
