@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <limits>
 #include <type_traits>
@@ -183,7 +184,8 @@ void launch_forward(const at::Tensor& x, const at::Tensor& out, const at::Tensor
 // NCHW: one task per plane scatters its outputs into the zeroed plane (float
 // and double in grad_input itself, half and bfloat16 in a float scratch).
 template <typename scalar_t>
-void backward_nchw(const scalar_t* gout, const int64_t* idx, scalar_t* gin, const Pool2dGeom& g) {
+void backward_nchw(const scalar_t* gout, const int64_t* idx, scalar_t* gin, const Pool2dGeom& g,
+                   std::atomic<bool>& bad) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool kDirect = std::is_same_v<acc_t, scalar_t>;
   const int64_t HW = g.H * g.W;
@@ -194,7 +196,11 @@ void backward_nchw(const scalar_t* gout, const int64_t* idx, scalar_t* gin, cons
       acc_t* acc = kDirect ? reinterpret_cast<acc_t*>(gin + t * HW) : scratch.data();
       std::fill(acc, acc + HW, acc_t(0));
       for (int64_t o = t * OHW; o < (t + 1) * OHW; ++o) {
-        if (idx[o] >= 0) acc[idx[o]] += static_cast<acc_t>(gout[o]);
+        if (static_cast<uint64_t>(idx[o]) < static_cast<uint64_t>(HW)) {
+          acc[idx[o]] += static_cast<acc_t>(gout[o]);
+        } else if (idx[o] != -1) {
+          bad.store(true, std::memory_order_relaxed);
+        }
       }
       if (!kDirect) std::copy(acc, acc + HW, gin + t * HW);
     }
@@ -204,7 +210,8 @@ void backward_nchw(const scalar_t* gout, const int64_t* idx, scalar_t* gin, cons
 // NHWC: tasks own a batch element's block of channels (split only as far as
 // needed to keep every thread busy) and scatter its outputs in row-major order.
 template <typename scalar_t>
-void backward_nhwc(const scalar_t* gout, const int64_t* idx, scalar_t* gin, const Pool2dGeom& g) {
+void backward_nhwc(const scalar_t* gout, const int64_t* idx, scalar_t* gin, const Pool2dGeom& g,
+                   std::atomic<bool>& bad) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool kDirect = std::is_same_v<acc_t, scalar_t>;
   const int64_t HW = g.H * g.W;
@@ -227,7 +234,11 @@ void backward_nhwc(const scalar_t* gout, const int64_t* idx, scalar_t* gin, cons
       const scalar_t* gp = gout + n * OHW * g.C + c0;
       for (int64_t o = 0; o < OHW; ++o, ip += g.C, gp += g.C) {
         for (int64_t c = 0; c < cb; ++c) {
-          if (ip[c] >= 0) acc[ip[c] * ld + c] += static_cast<acc_t>(gp[c]);
+          if (static_cast<uint64_t>(ip[c]) < static_cast<uint64_t>(HW)) {
+            acc[ip[c] * ld + c] += static_cast<acc_t>(gp[c]);
+          } else if (ip[c] != -1) {
+            bad.store(true, std::memory_order_relaxed);
+          }
         }
       }
       if (!kDirect) {
@@ -239,12 +250,15 @@ void backward_nhwc(const scalar_t* gout, const int64_t* idx, scalar_t* gin, cons
 
 void launch_backward(const at::Tensor& gout, const at::Tensor& idx, const at::Tensor& gin, const Pool2dGeom& g,
                      bool channels_last) {
+  std::atomic<bool> bad{false};  // an index outside the plane: never written, reported once
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gout.scalar_type(), "max_pool2d_backward", [&] {
     const scalar_t* gp = gout.const_data_ptr<scalar_t>();
     const int64_t* ip = idx.const_data_ptr<int64_t>();
     scalar_t* out = gin.mutable_data_ptr<scalar_t>();
-    channels_last ? backward_nhwc(gp, ip, out, g) : backward_nchw(gp, ip, out, g);
+    channels_last ? backward_nhwc(gp, ip, out, g, bad) : backward_nchw(gp, ip, out, g, bad);
   });
+  TORCH_CHECK(!bad.load(), "max_pool2d_backward: found an invalid max index (outside the ", g.H, "x", g.W,
+              " input plane and not -1)");
 }
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices_cpu(const at::Tensor& input,

@@ -13,6 +13,11 @@ import torch
 _INT32_MAX = 2**31 - 1
 
 
+def check_tensor(value, op: str, name: str = "input") -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{op}(): argument '{name}' must be a Tensor, not {type(value).__name__}")
+
+
 def int_list(value, name: str, op: str) -> list[int]:
     """An int or a sequence of ints as a list of ints, rejecting floats and
     values that do not fit the kernels' 32-bit parameters (as torch does)."""
@@ -169,11 +174,11 @@ def global_output_shape(shape, op) -> list:
     return [*shape[:-2], 1, 1]
 
 
-def adaptive_output_size(output_size, input_shape) -> list:
+def adaptive_output_size(output_size, input_shape, op="adaptive_pool2d") -> list:
     """output_size as a list: an int applies to both dims and a None entry takes
     the input's size (torch's _list_with_default)."""
-    if isinstance(output_size, int) and not isinstance(output_size, bool):
-        return int_list([output_size, output_size], "output_size", "adaptive_pool2d")
+    if not isinstance(output_size, Sequence) or isinstance(output_size, str):
+        return int_list([output_size, output_size], "output_size", op)
     items = list(output_size)
     defaults = list(input_shape)[-len(items):] if items else []
-    return int_list([d if v is None else v for v, d in zip(items, defaults)], "output_size", "adaptive_pool2d")
+    return int_list([d if v is None else v for v, d in zip(items, defaults)], "output_size", op)

@@ -1,7 +1,7 @@
 """Functional API with the signatures of torch.nn.functional."""
 import torch
 
-from ._args import adaptive_output_size, int_list
+from ._args import adaptive_output_size, check_tensor, int_list
 
 _ops = torch.ops.poolops
 
@@ -31,6 +31,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     plane (max_unpool2d accepts them); ties go to the first element in
     row-major order and NaN propagates. Without return_indices and without a
     gradient to compute, no indices are written at all."""
+    check_tensor(input, "max_pool2d")
     params = _pool_params("max_pool2d", kernel_size, stride, padding, dilation)
     if return_indices or (torch.is_grad_enabled() and input.requires_grad):
         out, indices = _ops.max_pool2d_with_indices(input, *params, bool(ceil_mode))
@@ -49,6 +50,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     torch.nn.functional.avg_pool2d: a sequential row-major window sum in the
     accumulation type, then a true division by the window's divisor (padding
     counted or not; the ceil-mode overhang never is), or by divisor_override."""
+    check_tensor(input, "avg_pool2d")
     kernel = int_list(kernel_size, "kernel_size", "avg_pool2d")
     strides = [] if stride is None else int_list(stride, "stride", "avg_pool2d")
     pads = int_list(padding, "padding", "avg_pool2d")
@@ -62,25 +64,29 @@ def adaptive_avg_pool2d(input, output_size):
     entries keep the input size), like torch.nn.functional.adaptive_avg_pool2d.
     Output (o_h, o_w) averages rows [floor(o_h*H/OH), ceil((o_h+1)*H/OH)) and
     likewise for columns. The backward is a deterministic gather."""
-    return _ops.adaptive_avg_pool2d(input, adaptive_output_size(output_size, input.shape))
+    check_tensor(input, "adaptive_avg_pool2d")
+    return _ops.adaptive_avg_pool2d(input, adaptive_output_size(output_size, input.shape, "adaptive_avg_pool2d"))
 
 
 def adaptive_max_pool2d(input, output_size, return_indices=False):
     """Adaptive max pooling, like torch.nn.functional.adaptive_max_pool2d.
     Indices are flat offsets within each H×W plane; ties and NaN follow
     max_pool2d. The backward is a deterministic gather."""
-    out, indices = _ops.adaptive_max_pool2d(input, adaptive_output_size(output_size, input.shape))
+    check_tensor(input, "adaptive_max_pool2d")
+    out, indices = _ops.adaptive_max_pool2d(input, adaptive_output_size(output_size, input.shape, "adaptive_max_pool2d"))
     return (out, indices) if return_indices else out
 
 
 def global_avg_pool2d(input):
     """Mean over H×W: (N, C, 1, 1) for (N, C, H, W) input, (C, 1, 1) for (C, H, W).
     Equals adaptive_avg_pool2d(input, 1) to float rounding."""
+    check_tensor(input, "global_avg_pool2d")
     return _ops.global_avg_pool2d(input)
 
 
 def global_max_pool2d(input, return_indices=False):
     """Max over H×W: (N, C, 1, 1) or (C, 1, 1); equals adaptive_max_pool2d(input, 1),
     indices included."""
+    check_tensor(input, "global_max_pool2d")
     out, indices = _ops.global_max_pool2d(input)
     return (out, indices) if return_indices else out
