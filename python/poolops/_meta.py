@@ -38,6 +38,9 @@ def _check_grad_output(op, grad_output, expected, indices=None):
     torch._check(list(grad_output.shape) == expected,
                  lambda: f"{op}_backward: expected grad_output of size {expected}, but got {list(grad_output.shape)}")
     if indices is not None:
+        torch._check(indices.device == grad_output.device,
+                     lambda: f"{op}_backward: grad_output and indices must be on the same device, "
+                     f"but got {grad_output.device} and {indices.device}")
         torch._check(indices.dtype == torch.int64,
                      lambda: f"{op}_backward: indices must be int64, but got {indices.dtype}")
         torch._check(list(indices.shape) == expected,
