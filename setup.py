@@ -4,6 +4,7 @@ Environment switches:
   POOLOPS_CUDA=0   skip the CUDA sources (quick CPU-only iteration)
   FORCE_CUDA=1     require the CUDA build (fail if no toolkit is found)
   DEBUG=1          -O0 -g
+  POOLOPS_SANITIZE=1  AddressSanitizer + UndefinedBehaviorSanitizer (CPU code; see scripts/sanitize.sh)
 The CUDA build needs no GPU: CUDA_HOME defaults to /usr/local/cuda and
 TORCH_CUDA_ARCH_LIST to 9.0 (H100/H200).
 """
@@ -35,6 +36,11 @@ opt = ["-O0", "-g"] if debug else ["-O3"]
 # (x86-64-v3). poolops/__init__.py refuses to load on a CPU without it.
 isa = ["-march=x86-64-v3"] if platform.machine() in ("x86_64", "AMD64") else []
 
+sanitize = os.environ.get("POOLOPS_SANITIZE", "0") == "1"
+san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g"]
+if sanitize:
+    opt = ["-O1"] + san
+
 sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
 define_macros = []
 extra = {"cxx": opt + isa}
@@ -52,7 +58,8 @@ setup(
     packages=find_packages("python"),
     package_dir={"": "python"},
     ext_modules=[
-        ext_cls("poolops._C", sources, define_macros=define_macros, extra_compile_args=extra)
+        ext_cls("poolops._C", sources, define_macros=define_macros, extra_compile_args=extra,
+                extra_link_args=san if sanitize else [])
     ],
     cmdclass={"build_ext": BuildExtension},
 )
