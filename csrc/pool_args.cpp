@@ -87,6 +87,14 @@ Pool2dGeom check_max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size
   return g;
 }
 
+Pool2dGeom check_max_pool2d_taps(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                 at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+  const Pool2dGeom g = check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode);
+  TORCH_CHECK(g.kh * g.kw < kNoTap + 1, "max_pool2d_with_taps: a ", g.kh, "x", g.kw,
+              " window has more than 255 taps; use max_pool2d_with_indices");
+  return g;
+}
+
 }  // namespace poolops
 
 namespace poolops {

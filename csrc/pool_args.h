@@ -19,6 +19,10 @@ namespace poolops {
 Pool2dGeom check_max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                             at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode);
 
+// check_max_pool2d, and a window of at most 255 taps (so a tap fits a byte).
+Pool2dGeom check_max_pool2d_taps(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                 at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode);
+
 // True when the pooling output should be channels_last (like ATen's
 // suggest_memory_format on a 4-D input).
 bool wants_channels_last(const at::Tensor& input);
@@ -48,20 +52,22 @@ Pool2dGeom check_global_pool2d(const at::Tensor& input, const char* op);
 // Checks a backward call of an op whose forward geometry comes from
 // check(shape_probe): the grad_output (and indices, when defined) must have
 // the forward's output size.
+// taps_allowed: the indices may also be max_pool2d's one-byte taps (uint8).
 template <typename Check>
 Pool2dGeom check_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& indices,
-                                 at::IntArrayRef input_size, const char* op, const Check& check);
+                                 at::IntArrayRef input_size, const char* op, const Check& check,
+                                 bool taps_allowed = false);
 
 // The host side of every forward shared by the backends: allocation in the
 // input's memory format, the early return on empty output, then
 // launch(x, out, indices_or_undefined, geom, channels_last).
 template <typename Launch>
 std::tuple<at::Tensor, at::Tensor> run_pool2d(const at::Tensor& input, const Pool2dGeom& g, bool with_indices,
-                                              const Launch& launch) {
+                                              const Launch& launch, c10::ScalarType index_dtype = at::kLong) {
   const bool batched = input.dim() == 4;
   const bool cl = wants_channels_last(input);
   at::Tensor out = new_pool_output(input, g, batched, cl, input.scalar_type());
-  at::Tensor indices = with_indices ? new_pool_output(input, g, batched, cl, at::kLong) : at::Tensor();
+  at::Tensor indices = with_indices ? new_pool_output(input, g, batched, cl, index_dtype) : at::Tensor();
   if (out.numel() > 0) launch(as_dense_4d(input, cl), out, indices, g, cl);
   return {out, indices};
 }
@@ -84,11 +90,13 @@ at::Tensor run_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
 
 template <typename Check>
 Pool2dGeom check_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& indices,
-                                 at::IntArrayRef input_size, const char* op, const Check& check) {
+                                 at::IntArrayRef input_size, const char* op, const Check& check,
+                                 bool taps_allowed) {
   TORCH_CHECK(input_size.size() == 3 || input_size.size() == 4, op,
               "_backward: input_size must have 3 or 4 elements, but got ", input_size);
   if (indices.defined()) {
-    TORCH_CHECK(indices.scalar_type() == at::kLong, op, "_backward: indices must be int64, but got ",
+    TORCH_CHECK(indices.scalar_type() == at::kLong || (taps_allowed && indices.scalar_type() == at::kByte), op,
+                "_backward: indices must be int64", taps_allowed ? " (or uint8 taps)" : "", ", but got ",
                 indices.scalar_type());
     TORCH_CHECK(grad_output.device() == indices.device(), op,
                 "_backward: grad_output and indices must be on the same device, but got ", grad_output.device(),

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 namespace poolops {
 
@@ -102,10 +103,39 @@ C10_HOST_DEVICE inline void max_pool_scan(const scalar_t* plane, int64_t s_h, in
   }
 }
 
+// Training without indices stores, per output, the argmax's tap within its
+// window (th * kw + tw, one byte) instead of an int64 index; kNoTap marks a
+// window with no input element.
+constexpr uint8_t kNoTap = 255;
+
+C10_HOST_DEVICE inline uint8_t max_pool_tap_of(int64_t index, int64_t oh, int64_t ow, const Pool2dGeom& g) {
+  if (index < 0) return kNoTap;
+  const int64_t th = (index / g.W - (oh * g.sh - g.ph)) / g.dh;
+  const int64_t tw = (index % g.W - (ow * g.sw - g.pw)) / g.dw;
+  return static_cast<uint8_t>(th * g.kw + tw);
+}
+
+// What the forward stores for an argmax: the flat index, or its tap.
+template <typename stored_t>
+C10_HOST_DEVICE inline stored_t max_pool_store(int64_t index, int64_t oh, int64_t ow, const Pool2dGeom& g) {
+  if constexpr (std::is_same_v<stored_t, uint8_t>) {
+    return max_pool_tap_of(index, oh, ow, g);
+  } else {
+    return static_cast<stored_t>(index);
+  }
+}
+
+// The flat index h * W + w of a stored argmax: an int64 index as it is, a tap decoded.
+C10_HOST_DEVICE inline int64_t max_pool_index(int64_t stored, int64_t, int64_t, const Pool2dGeom&) { return stored; }
+C10_HOST_DEVICE inline int64_t max_pool_index(uint8_t tap, int64_t oh, int64_t ow, const Pool2dGeom& g) {
+  if (tap == kNoTap) return -1;
+  return (oh * g.sh - g.ph + (tap / g.kw) * g.dh) * g.W + (ow * g.sw - g.pw + (tap % g.kw) * g.dw);
+}
+
 // Gradient of input element (h, w): the sum, in output row-major order, of the
 // output gradients whose argmax is this element. Deterministic, no atomics.
-template <typename scalar_t, typename acc_t>
-C10_HOST_DEVICE inline acc_t max_pool_grad_gather(const scalar_t* gout_plane, const int64_t* idx_plane,
+template <typename scalar_t, typename acc_t, typename stored_t>
+C10_HOST_DEVICE inline acc_t max_pool_grad_gather(const scalar_t* gout_plane, const stored_t* idx_plane,
                                                   int64_t so_h, int64_t so_w, const Pool2dGeom& g, int64_t h,
                                                   int64_t w) {
   const Range ro = max_pool_covering(h, g.OH, g.kh, g.sh, g.ph, g.dh);
@@ -115,7 +145,7 @@ C10_HOST_DEVICE inline acc_t max_pool_grad_gather(const scalar_t* gout_plane, co
   for (int64_t oh = ro.begin; oh < ro.end; ++oh) {
     for (int64_t ow = co.begin; ow < co.end; ++ow) {
       const int64_t o = oh * so_h + ow * so_w;
-      if (idx_plane[o] == target) sum += static_cast<acc_t>(gout_plane[o]);
+      if (max_pool_index(idx_plane[o], oh, ow, g) == target) sum += static_cast<acc_t>(gout_plane[o]);
     }
   }
   return sum;

@@ -31,6 +31,10 @@ TORCH_LIBRARY(poolops, m) {
   m.def(
       "max_pool2d(Tensor self, int[] kernel_size, int[] stride, int[] padding, int[] dilation, bool ceil_mode) "
       "-> Tensor");
+  // For training without indices: the argmax's tap within its window, one byte per output.
+  m.def(
+      "max_pool2d_with_taps(Tensor self, int[] kernel_size, int[] stride, int[] padding, int[] dilation, "
+      "bool ceil_mode) -> (Tensor, Tensor)");
   m.def(
       "_max_pool2d_backward(Tensor grad_output, Tensor indices, SymInt[] input_size, int[] kernel_size, "
       "int[] stride, int[] padding, int[] dilation, bool ceil_mode) -> Tensor");

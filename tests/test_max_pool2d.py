@@ -422,3 +422,86 @@ def test_cuda_no_index_path_and_empty():
     x = torch.randn(3, 8, 20, 20, device="cuda")
     assert torch.equal(P.max_pool2d(x, 3, 2, 1), F.max_pool2d(x, 3, 2, 1))
     assert P.max_pool2d(torch.randn(0, 8, 20, 20, device="cuda"), 2).shape == (0, 8, 10, 10)
+
+
+# --- training without indices: one-byte taps ---------------------------------------------------
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_taps_decode_to_the_indices(cfg, layout):
+    from poolops._autograd import _taps_to_indices
+
+    k, s, p, d, ceil = cfg
+    params = [list(v) if isinstance(v, tuple) else [v] for v in (k, s, p, d)]
+    x = torch.randint(0, 3, (2, 5, 11, 9), generator=torch.Generator().manual_seed(5)).float()
+    x = x.contiguous(memory_format=layout)
+    out, taps = ops.max_pool2d_with_taps(x, *params, ceil)
+    ref_out, idx = ops.max_pool2d_with_indices(x, *params, ceil)
+    assert taps.dtype == torch.uint8 and torch.equal(out, ref_out)
+    assert_same_layout(out, ref_out)
+    assert taps.stride() == idx.stride()
+    assert torch.equal(_taps_to_indices(taps, x.shape, *params), idx)
+    g = torch.randn(out.shape)
+    assert torch.equal(ops._max_pool2d_backward(g, taps, list(x.shape), *params, ceil),
+                       ops._max_pool2d_backward(g, idx, list(x.shape), *params, ceil))
+
+
+def test_taps_empty_window_is_255():
+    out, taps = ops.max_pool2d_with_taps(torch.randn(1, 1, 2, 2), [2], [1], [1], [3], False)
+    assert (taps[out == float("-inf")] == 255).all() and (taps[out != float("-inf")] < 4).all()
+
+
+def test_training_keeps_one_byte_per_output():
+    """The autograd graph of max_pool2d(return_indices=False) saves only the
+    taps: 1 byte per output, against torch's input plus 8-byte indices."""
+    def saved_bytes(fn, x):
+        total = []
+
+        def pack(t):
+            total.append(t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = fn(x)
+        return sum(total), y
+
+    x = torch.randn(4, 8, 32, 32, requires_grad=True)
+    mine, y = saved_bytes(lambda t: P.max_pool2d(t, 3, 2, 1), x)
+    theirs, _ = saved_bytes(lambda t: F.max_pool2d(t, 3, 2, 1), x)
+    assert mine == y.numel() * 1
+    assert theirs >= y.numel() * 8
+    big_kernel = P.max_pool2d(torch.randn(1, 2, 20, 20, requires_grad=True), 16, 1)  # 256 taps: int64 indices
+    assert big_kernel.grad_fn is not None
+
+
+def test_taps_limits_and_errors():
+    with pytest.raises(RuntimeError, match="16x16 window has more than 255 taps"):
+        ops.max_pool2d_with_taps(torch.randn(1, 1, 20, 20), [16], [1], [0], [1], False)
+    with pytest.raises(RuntimeError, match="invalid max index .* or tap"):
+        ops._max_pool2d_backward(torch.randn(1, 1, 2, 2), torch.full((1, 1, 2, 2), 9, dtype=torch.uint8),
+                                 [1, 1, 4, 4], [2], [], [0], [1], False)
+    with pytest.raises(RuntimeError, match="indices must be int64 \\(or uint8 taps\\)"):
+        ops._max_pool2d_backward(torch.randn(1, 1, 2, 2), torch.zeros(1, 1, 2, 2, dtype=torch.int32),
+                                 [1, 1, 4, 4], [2], [], [0], [1], False)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_opcheck_taps(layout):
+    x = torch.randn(2, 3, 9, 8).contiguous(memory_format=layout).requires_grad_()
+    torch.library.opcheck(ops.max_pool2d_with_taps, (x, [3], [2], [1], [2], True))
+    _, taps = ops.max_pool2d_with_taps(x.detach(), [3], [2], [1], [1], False)
+    g = torch.randn(2, 3, 5, 4).contiguous(memory_format=layout).requires_grad_()
+    torch.library.opcheck(ops._max_pool2d_backward, (g, taps, list(x.shape), [3], [2], [1], [1], False))
+
+
+@needs_cuda
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cuda_taps(layout):
+    x = torch.randint(0, 3, (2, 7, 13, 11)).float().contiguous(memory_format=layout)
+    for params, ceil in [([[3], [2], [1], [1]], False), ([[2, 3], [1, 2], [1, 0], [2, 1]], True)]:
+        out, taps = ops.max_pool2d_with_taps(x.cuda(), *params, ceil)
+        ref_out, ref_taps = ops.max_pool2d_with_taps(x, *params, ceil)
+        assert torch.equal(out.cpu(), ref_out) and torch.equal(taps.cpu(), ref_taps)
+        g = torch.randn(out.shape)
+        assert torch.equal(ops._max_pool2d_backward(g.cuda(), taps, list(x.shape), *params, ceil).cpu(),
+                           ops._max_pool2d_backward(g, ref_taps, list(x.shape), *params, ceil))

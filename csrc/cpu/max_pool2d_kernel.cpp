@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <limits>
@@ -47,9 +48,10 @@ inline void max_tap_any_step(const scalar_t* src, int64_t step, int64_t n, acc_t
 // NCHW: one task per output row. Outputs whose window lies inside [0, W) are
 // swept tap by tap across the row (each output still sees its taps in
 // row-major order); the few border outputs use the shared scalar scan.
-template <typename scalar_t, typename index_t, bool kIdx>
-void forward_nchw(const scalar_t* x, scalar_t* y, int64_t* idx, const Pool2dGeom& g) {
+template <typename scalar_t, typename index_t, typename out_t, bool kIdx>
+void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& g) {
   using acc_t = at::opmath_type<scalar_t>;
+  constexpr bool kTaps = std::is_same_v<out_t, uint8_t>;
   const int64_t ow_lo = std::min(g.OW, (g.pw + g.sw - 1) / g.sw);
   const int64_t last_start = g.W - 1 - (g.kw - 1) * g.dw + g.pw;
   const int64_t ow_hi = std::max(ow_lo, std::min(g.OW, last_start < 0 ? 0 : last_start / g.sw + 1));
@@ -62,14 +64,14 @@ void forward_nchw(const scalar_t* x, scalar_t* y, int64_t* idx, const Pool2dGeom
       const scalar_t* plane = x + (r / g.OH) * g.H * g.W;
       const Range rh = max_pool_taps(oh, g.H, g.kh, g.sh, g.ph, g.dh);
       scalar_t* yrow = y + r * g.OW;
-      int64_t* irow = kIdx ? idx + r * g.OW : nullptr;
+      out_t* irow = kIdx ? idx + r * g.OW : nullptr;
       const auto scalar_output = [&](int64_t ow) {
         acc_t b;
         int64_t a;
         max_pool_scan(plane, g.W, int64_t(1), g.W, rh, max_pool_taps(ow, g.W, g.kw, g.sw, g.pw, g.dw), g.dh,
                       g.dw, b, a);
         yrow[ow] = static_cast<scalar_t>(b);
-        if (kIdx) irow[ow] = a;
+        if (kIdx) irow[ow] = max_pool_store<out_t>(a, oh, ow, g);
       };
       for (int64_t ow = 0; ow < ow_lo; ++ow) scalar_output(ow);
       for (int64_t ow = ow_hi; ow < g.OW; ++ow) scalar_output(ow);
@@ -80,20 +82,21 @@ void forward_nchw(const scalar_t* x, scalar_t* y, int64_t* idx, const Pool2dGeom
       for (int64_t c0 = ow_lo; c0 < ow_hi; c0 += kLanes) {
         const int64_t n = std::min(kLanes, ow_hi - c0);
         const int64_t w0 = c0 * g.sw - g.pw;
+        const int64_t th0 = (rh.begin - (oh * g.sh - g.ph)) / g.dh;  // tap row of the first in-range row
         for (int64_t j = 0; j < n; ++j) {
           best[j] = lowest_value<acc_t>();
-          if (kIdx) arg[j] = rh.begin * g.W + w0 + j * g.sw;
+          if (kIdx) arg[j] = kTaps ? th0 * g.kw : rh.begin * g.W + w0 + j * g.sw;
         }
-        for (int64_t h = rh.begin; h < rh.end; h += g.dh) {
+        for (int64_t h = rh.begin, th = th0; h < rh.end; h += g.dh, ++th) {
           for (int64_t t = 0; t < g.kw; ++t) {
             const int64_t pos = h * g.W + w0 + t * g.dw;
-            max_tap_any_step<kIdx>(plane + pos, g.sw, n, best, arg, static_cast<index_t>(pos),
-                                   static_cast<index_t>(g.sw));
+            max_tap_any_step<kIdx>(plane + pos, g.sw, n, best, arg, static_cast<index_t>(kTaps ? th * g.kw + t : pos),
+                                   static_cast<index_t>(kTaps ? 0 : g.sw));
           }
         }
         for (int64_t j = 0; j < n; ++j) {
           yrow[c0 + j] = static_cast<scalar_t>(best[j]);
-          if (kIdx) irow[c0 + j] = arg[j];
+          if (kIdx) irow[c0 + j] = static_cast<out_t>(arg[j]);
         }
       }
     }
@@ -103,10 +106,11 @@ void forward_nchw(const scalar_t* x, scalar_t* y, int64_t* idx, const Pool2dGeom
 // NHWC, one block of channels of one output pixel. kB > 0 fixes the block
 // width so the running maxima stay in vector registers across the taps;
 // kB == 0 handles the tail of n < block channels through L1.
-template <int kB, bool kIdx, typename scalar_t, typename index_t>
-inline void nhwc_block(const scalar_t* xn, scalar_t* y, int64_t* idx, const Pool2dGeom& g, Range rh, Range rw,
-                       index_t first, int64_t n) {
+template <int kB, bool kIdx, typename scalar_t, typename index_t, typename out_t>
+inline void nhwc_block(const scalar_t* xn, scalar_t* y, out_t* idx, const Pool2dGeom& g, Range rh, Range rw,
+                       index_t first, int64_t th0, int64_t tw0, int64_t n) {
   using acc_t = at::opmath_type<scalar_t>;
+  constexpr bool kTaps = std::is_same_v<out_t, uint8_t>;
   constexpr int64_t kCap = kB > 0 ? kB : kLanes;
   const int64_t m = kB > 0 ? kB : n;
   acc_t best[kCap];
@@ -115,21 +119,21 @@ inline void nhwc_block(const scalar_t* xn, scalar_t* y, int64_t* idx, const Pool
     best[j] = lowest_value<acc_t>();
     arg[j] = first;
   }
-  for (int64_t h = rh.begin; h < rh.end; h += g.dh) {
-    for (int64_t w = rw.begin; w < rw.end; w += g.dw) {
-      const index_t pos = static_cast<index_t>(h * g.W + w);
-      max_tap<1, kIdx>(xn + pos * g.C, 1, m, best, arg, pos, index_t(0));
+  for (int64_t h = rh.begin, th = th0; h < rh.end; h += g.dh, ++th) {
+    for (int64_t w = rw.begin, tw = tw0; w < rw.end; w += g.dw, ++tw) {
+      const int64_t pos = h * g.W + w;
+      max_tap<1, kIdx>(xn + pos * g.C, 1, m, best, arg, static_cast<index_t>(kTaps ? th * g.kw + tw : pos), index_t(0));
     }
   }
   for (int64_t j = 0; j < m; ++j) {
     y[j] = static_cast<scalar_t>(best[j]);
-    if (kIdx) idx[j] = arg[j];
+    if (kIdx) idx[j] = static_cast<out_t>(arg[j]);
   }
 }
 
 // NHWC: one task per output pixel, all channels swept together per tap.
-template <typename scalar_t, typename index_t, bool kIdx>
-void forward_nhwc(const scalar_t* x, scalar_t* y, int64_t* idx, const Pool2dGeom& g) {
+template <typename scalar_t, typename index_t, typename out_t, bool kIdx>
+void forward_nhwc(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& g) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int kB = 128 / sizeof(acc_t);  // running maxima kept in AVX2 registers
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.C * g.kh * g.kw));
@@ -140,14 +144,17 @@ void forward_nhwc(const scalar_t* x, scalar_t* y, int64_t* idx, const Pool2dGeom
       const scalar_t* xn = x + (p / (g.OW * g.OH)) * g.H * g.W * g.C;
       const Range rh = max_pool_taps(oh, g.H, g.kh, g.sh, g.ph, g.dh);
       const Range rw = max_pool_taps(ow, g.W, g.kw, g.sw, g.pw, g.dw);
-      const index_t first = (rh.empty() || rw.empty()) ? index_t(-1) : static_cast<index_t>(rh.begin * g.W + rw.begin);
+      const int64_t first_index = (rh.empty() || rw.empty()) ? -1 : rh.begin * g.W + rw.begin;
+      const index_t first = static_cast<index_t>(max_pool_store<out_t>(first_index, oh, ow, g));
+      const int64_t th0 = (rh.begin - (oh * g.sh - g.ph)) / g.dh;  // taps of the first in-range element
+      const int64_t tw0 = (rw.begin - (ow * g.sw - g.pw)) / g.dw;
+      out_t* ip = kIdx ? idx + p * g.C : nullptr;
       int64_t c0 = 0;
       for (; c0 + kB <= g.C; c0 += kB) {
-        nhwc_block<kB, kIdx>(xn + c0, y + p * g.C + c0, kIdx ? idx + p * g.C + c0 : nullptr, g, rh, rw, first, kB);
+        nhwc_block<kB, kIdx>(xn + c0, y + p * g.C + c0, ip + c0, g, rh, rw, first, th0, tw0, kB);
       }
       for (; c0 < g.C; c0 += kLanes) {
-        nhwc_block<0, kIdx>(xn + c0, y + p * g.C + c0, kIdx ? idx + p * g.C + c0 : nullptr, g, rh, rw, first,
-                            std::min(kLanes, g.C - c0));
+        nhwc_block<0, kIdx>(xn + c0, y + p * g.C + c0, ip + c0, g, rh, rw, first, th0, tw0, std::min(kLanes, g.C - c0));
       }
     }
   });
@@ -161,17 +168,20 @@ void launch_forward(const at::Tensor& x, const at::Tensor& out, const at::Tensor
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = out.mutable_data_ptr<scalar_t>();
     if (!indices.defined()) {
-      channels_last ? forward_nhwc<scalar_t, int32_t, false>(xp, yp, nullptr, g)
-                    : forward_nchw<scalar_t, int32_t, false>(xp, yp, nullptr, g);
-      return;
-    }
-    int64_t* ip = indices.mutable_data_ptr<int64_t>();
-    if (narrow) {
-      channels_last ? forward_nhwc<scalar_t, int32_t, true>(xp, yp, ip, g)
-                    : forward_nchw<scalar_t, int32_t, true>(xp, yp, ip, g);
+      channels_last ? forward_nhwc<scalar_t, int32_t, int64_t, false>(xp, yp, nullptr, g)
+                    : forward_nchw<scalar_t, int32_t, int64_t, false>(xp, yp, nullptr, g);
+    } else if (indices.scalar_type() == at::kByte) {
+      uint8_t* tp = indices.mutable_data_ptr<uint8_t>();
+      channels_last ? forward_nhwc<scalar_t, int32_t, uint8_t, true>(xp, yp, tp, g)
+                    : forward_nchw<scalar_t, int32_t, uint8_t, true>(xp, yp, tp, g);
+    } else if (narrow) {
+      int64_t* ip = indices.mutable_data_ptr<int64_t>();
+      channels_last ? forward_nhwc<scalar_t, int32_t, int64_t, true>(xp, yp, ip, g)
+                    : forward_nchw<scalar_t, int32_t, int64_t, true>(xp, yp, ip, g);
     } else {
-      channels_last ? forward_nhwc<scalar_t, int64_t, true>(xp, yp, ip, g)
-                    : forward_nchw<scalar_t, int64_t, true>(xp, yp, ip, g);
+      int64_t* ip = indices.mutable_data_ptr<int64_t>();
+      channels_last ? forward_nhwc<scalar_t, int64_t, int64_t, true>(xp, yp, ip, g)
+                    : forward_nchw<scalar_t, int64_t, int64_t, true>(xp, yp, ip, g);
     }
   });
 }
@@ -181,25 +191,55 @@ void launch_forward(const at::Tensor& x, const at::Tensor& out, const at::Tensor
 // CPU scatter, so fp32/fp64 results agree bit for bit. Deterministic: tasks
 // write disjoint parts of grad_input, with no atomics.
 //
+// Flat indices of stored argmaxes without divisions: int64 indices as they
+// are; a tap as its window's origin plus a per-tap offset (-1 for kNoTap, -2
+// for a byte that is no tap of the window).
+template <typename stored_t>
+class ArgmaxDecoder {
+ public:
+  explicit ArgmaxDecoder(const Pool2dGeom& g) : g_(g) {
+    if constexpr (kTaps) {
+      for (int64_t t = 0; t < 256; ++t) offset_[t] = t < g.kh * g.kw ? (t / g.kw) * g.dh * g.W + (t % g.kw) * g.dw : -1;
+    }
+  }
+  int64_t operator()(stored_t v, int64_t oh, int64_t ow) const {
+    if constexpr (kTaps) {
+      if (offset_[v] < 0) return v == kNoTap ? -1 : -2;
+      return (oh * g_.sh - g_.ph) * g_.W + ow * g_.sw - g_.pw + offset_[v];
+    } else {
+      return v;
+    }
+  }
+
+ private:
+  static constexpr bool kTaps = std::is_same_v<stored_t, uint8_t>;
+  const Pool2dGeom& g_;
+  std::array<int64_t, kTaps ? 256 : 1> offset_{};
+};
+
 // NCHW: one task per plane scatters its outputs into the zeroed plane (float
 // and double in grad_input itself, half and bfloat16 in a float scratch).
-template <typename scalar_t>
-void backward_nchw(const scalar_t* gout, const int64_t* idx, scalar_t* gin, const Pool2dGeom& g,
+template <typename scalar_t, typename stored_t>
+void backward_nchw(const scalar_t* gout, const stored_t* idx, scalar_t* gin, const Pool2dGeom& g,
                    std::atomic<bool>& bad) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool kDirect = std::is_same_v<acc_t, scalar_t>;
   const int64_t HW = g.H * g.W;
   const int64_t OHW = g.OH * g.OW;
+  const ArgmaxDecoder<stored_t> decode(g);
   at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> scratch(kDirect ? 0 : HW);
     for (int64_t t = begin; t < end; ++t) {
       acc_t* acc = kDirect ? reinterpret_cast<acc_t*>(gin + t * HW) : scratch.data();
       std::fill(acc, acc + HW, acc_t(0));
-      for (int64_t o = t * OHW; o < (t + 1) * OHW; ++o) {
-        if (static_cast<uint64_t>(idx[o]) < static_cast<uint64_t>(HW)) {
-          acc[idx[o]] += static_cast<acc_t>(gout[o]);
-        } else if (idx[o] != -1) {
-          bad.store(true, std::memory_order_relaxed);
+      for (int64_t oh = 0, o = t * OHW; oh < g.OH; ++oh) {
+        for (int64_t ow = 0; ow < g.OW; ++ow, ++o) {
+          const int64_t i = decode(idx[o], oh, ow);
+          if (static_cast<uint64_t>(i) < static_cast<uint64_t>(HW)) {
+            acc[i] += static_cast<acc_t>(gout[o]);
+          } else if (i != -1) {
+            bad.store(true, std::memory_order_relaxed);
+          }
         }
       }
       if (!kDirect) std::copy(acc, acc + HW, gin + t * HW);
@@ -209,8 +249,8 @@ void backward_nchw(const scalar_t* gout, const int64_t* idx, scalar_t* gin, cons
 
 // NHWC: tasks own a batch element's block of channels (split only as far as
 // needed to keep every thread busy) and scatter its outputs in row-major order.
-template <typename scalar_t>
-void backward_nhwc(const scalar_t* gout, const int64_t* idx, scalar_t* gin, const Pool2dGeom& g,
+template <typename scalar_t, typename stored_t>
+void backward_nhwc(const scalar_t* gout, const stored_t* idx, scalar_t* gin, const Pool2dGeom& g,
                    std::atomic<bool>& bad) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool kDirect = std::is_same_v<acc_t, scalar_t>;
@@ -220,6 +260,7 @@ void backward_nhwc(const scalar_t* gout, const int64_t* idx, scalar_t* gin, cons
   const int64_t blocks = g.N >= threads ? 1 : std::min((2 * threads + g.N - 1) / g.N, (g.C + 7) / 8);
   const int64_t block = ((g.C + blocks - 1) / blocks + 7) / 8 * 8;
   const int64_t per_n = (g.C + block - 1) / block;
+  const ArgmaxDecoder<stored_t> decode(g);
   at::parallel_for(0, g.N * per_n, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> scratch(kDirect ? 0 : HW * block);
     for (int64_t t = begin; t < end; ++t) {
@@ -230,13 +271,14 @@ void backward_nhwc(const scalar_t* gout, const int64_t* idx, scalar_t* gin, cons
       acc_t* acc = kDirect ? reinterpret_cast<acc_t*>(out) : scratch.data();
       const int64_t ld = kDirect ? g.C : cb;  // distance between pixels in acc
       for (int64_t i = 0; i < HW; ++i) std::fill(acc + i * ld, acc + i * ld + cb, acc_t(0));
-      const int64_t* ip = idx + n * OHW * g.C + c0;
+      const stored_t* ip = idx + n * OHW * g.C + c0;
       const scalar_t* gp = gout + n * OHW * g.C + c0;
       for (int64_t o = 0; o < OHW; ++o, ip += g.C, gp += g.C) {
         for (int64_t c = 0; c < cb; ++c) {
-          if (static_cast<uint64_t>(ip[c]) < static_cast<uint64_t>(HW)) {
-            acc[ip[c] * ld + c] += static_cast<acc_t>(gp[c]);
-          } else if (ip[c] != -1) {
+          const int64_t i = decode(ip[c], o / g.OW, o % g.OW);
+          if (static_cast<uint64_t>(i) < static_cast<uint64_t>(HW)) {
+            acc[i * ld + c] += static_cast<acc_t>(gp[c]);
+          } else if (i != -1) {
             bad.store(true, std::memory_order_relaxed);
           }
         }
@@ -253,12 +295,24 @@ void launch_backward(const at::Tensor& gout, const at::Tensor& idx, const at::Te
   std::atomic<bool> bad{false};  // an index outside the plane: never written, reported once
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gout.scalar_type(), "max_pool2d_backward", [&] {
     const scalar_t* gp = gout.const_data_ptr<scalar_t>();
-    const int64_t* ip = idx.const_data_ptr<int64_t>();
     scalar_t* out = gin.mutable_data_ptr<scalar_t>();
-    channels_last ? backward_nhwc(gp, ip, out, g, bad) : backward_nchw(gp, ip, out, g, bad);
+    if (idx.scalar_type() == at::kByte) {
+      const uint8_t* tp = idx.const_data_ptr<uint8_t>();
+      channels_last ? backward_nhwc(gp, tp, out, g, bad) : backward_nchw(gp, tp, out, g, bad);
+    } else {
+      const int64_t* ip = idx.const_data_ptr<int64_t>();
+      channels_last ? backward_nhwc(gp, ip, out, g, bad) : backward_nchw(gp, ip, out, g, bad);
+    }
   });
   TORCH_CHECK(!bad.load(), "max_pool2d_backward: found an invalid max index (outside the ", g.H, "x", g.W,
-              " input plane and not -1)");
+              " input plane and not -1) or tap (not below ", g.kh * g.kw, " and not 255)");
+}
+
+std::tuple<at::Tensor, at::Tensor> max_pool2d_with_taps_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                                            at::IntArrayRef stride, at::IntArrayRef padding,
+                                                            at::IntArrayRef dilation, bool ceil_mode) {
+  return run_pool2d(input, check_max_pool2d_taps(input, kernel_size, stride, padding, dilation, ceil_mode), true,
+                    launch_forward, at::kByte);
 }
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices_cpu(const at::Tensor& input,
@@ -280,7 +334,7 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
                                    at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
   const Pool2dGeom g = check_pool2d_backward(grad_output, indices, input_size, "max_pool2d", [&](const at::Tensor& probe) {
     return check_max_pool2d(probe, kernel_size, stride, padding, dilation, ceil_mode);
-  });
+  }, /*taps_allowed=*/true);
   return run_pool2d_backward(grad_output, indices, input_size, g, launch_backward);
 }
 
@@ -290,5 +344,6 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
 TORCH_LIBRARY_IMPL(poolops, CPU, m) {
   m.impl("max_pool2d_with_indices", &poolops::max_pool2d_with_indices_cpu);
   m.impl("max_pool2d", &poolops::max_pool2d_cpu);
+  m.impl("max_pool2d_with_taps", &poolops::max_pool2d_with_taps_cpu);
   m.impl("_max_pool2d_backward", &poolops::max_pool2d_backward_cpu);
 }

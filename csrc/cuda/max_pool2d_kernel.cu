@@ -30,9 +30,9 @@ __device__ inline void decode(int64_t i, int64_t C, int64_t H, int64_t W, bool c
   }
 }
 
-template <typename scalar_t, bool kIdx>
+template <typename scalar_t, typename out_t, bool kIdx>
 __global__ void forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
-                               int64_t* __restrict__ idx, Pool2dGeom g, bool channels_last) {
+                               out_t* __restrict__ idx, Pool2dGeom g, bool channels_last) {
   using acc_t = at::opmath_type<scalar_t>;
   const Strides4 si = strides_for(g.C, g.H, g.W, channels_last);
   const int64_t total = g.N * g.C * g.OH * g.OW;
@@ -44,12 +44,12 @@ __global__ void forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restr
     max_pool_scan(x + n * si.n + c * si.c, si.h, si.w, g.W, max_pool_taps(oh, g.H, g.kh, g.sh, g.ph, g.dh),
                   max_pool_taps(ow, g.W, g.kw, g.sw, g.pw, g.dw), g.dh, g.dw, best, arg);
     y[i] = static_cast<scalar_t>(best);
-    if (kIdx) idx[i] = arg;
+    if (kIdx) idx[i] = max_pool_store<out_t>(arg, oh, ow, g);
   }
 }
 
-template <typename scalar_t>
-__global__ void backward_kernel(const scalar_t* __restrict__ gout, const int64_t* __restrict__ idx,
+template <typename scalar_t, typename stored_t>
+__global__ void backward_kernel(const scalar_t* __restrict__ gout, const stored_t* __restrict__ idx,
                                 scalar_t* __restrict__ gin, Pool2dGeom g, bool channels_last) {
   using acc_t = at::opmath_type<scalar_t>;
   const Strides4 so = strides_for(g.C, g.OH, g.OW, channels_last);
@@ -68,13 +68,17 @@ void launch_forward(const at::Tensor& x, const at::Tensor& out, const at::Tensor
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const unsigned int grid = grid_for(out.numel());
   AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "max_pool2d", [&] {
-    if (indices.defined()) {
-      forward_kernel<scalar_t, true><<<grid, kThreads, 0, stream>>>(
-          x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), indices.mutable_data_ptr<int64_t>(), g,
+    if (!indices.defined()) {
+      forward_kernel<scalar_t, int64_t, false><<<grid, kThreads, 0, stream>>>(
+          x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), nullptr, g, channels_last);
+    } else if (indices.scalar_type() == at::kByte) {
+      forward_kernel<scalar_t, uint8_t, true><<<grid, kThreads, 0, stream>>>(
+          x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), indices.mutable_data_ptr<uint8_t>(), g,
           channels_last);
     } else {
-      forward_kernel<scalar_t, false><<<grid, kThreads, 0, stream>>>(
-          x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), nullptr, g, channels_last);
+      forward_kernel<scalar_t, int64_t, true><<<grid, kThreads, 0, stream>>>(
+          x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), indices.mutable_data_ptr<int64_t>(), g,
+          channels_last);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -85,11 +89,24 @@ void launch_backward(const at::Tensor& gout, const at::Tensor& idx, const at::Te
   const c10::cuda::CUDAGuard guard(gout.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gout.scalar_type(), "max_pool2d_backward", [&] {
-    backward_kernel<scalar_t><<<grid_for(gin.numel()), kThreads, 0, stream>>>(
-        gout.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(), gin.mutable_data_ptr<scalar_t>(), g,
-        channels_last);
+    if (idx.scalar_type() == at::kByte) {
+      backward_kernel<scalar_t, uint8_t><<<grid_for(gin.numel()), kThreads, 0, stream>>>(
+          gout.const_data_ptr<scalar_t>(), idx.const_data_ptr<uint8_t>(), gin.mutable_data_ptr<scalar_t>(), g,
+          channels_last);
+    } else {
+      backward_kernel<scalar_t, int64_t><<<grid_for(gin.numel()), kThreads, 0, stream>>>(
+          gout.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(), gin.mutable_data_ptr<scalar_t>(), g,
+          channels_last);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+}
+
+std::tuple<at::Tensor, at::Tensor> max_pool2d_with_taps_cuda(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                                             at::IntArrayRef stride, at::IntArrayRef padding,
+                                                             at::IntArrayRef dilation, bool ceil_mode) {
+  return run_pool2d(input, check_max_pool2d_taps(input, kernel_size, stride, padding, dilation, ceil_mode), true,
+                    launch_forward, at::kByte);
 }
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices_cuda(const at::Tensor& input,
@@ -111,7 +128,7 @@ at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
                                     at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
   const Pool2dGeom g = check_pool2d_backward(grad_output, indices, input_size, "max_pool2d", [&](const at::Tensor& probe) {
     return check_max_pool2d(probe, kernel_size, stride, padding, dilation, ceil_mode);
-  });
+  }, /*taps_allowed=*/true);
   return run_pool2d_backward(grad_output, indices, input_size, g, launch_backward);
 }
 
@@ -121,5 +138,6 @@ at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
 TORCH_LIBRARY_IMPL(poolops, CUDA, m) {
   m.impl("max_pool2d_with_indices", &poolops::max_pool2d_with_indices_cuda);
   m.impl("max_pool2d", &poolops::max_pool2d_cuda);
+  m.impl("max_pool2d_with_taps", &poolops::max_pool2d_with_taps_cuda);
   m.impl("_max_pool2d_backward", &poolops::max_pool2d_backward_cuda);
 }

@@ -27,7 +27,24 @@ def _mp_backward(ctx, grad_out, _grad_indices):
     return grad, None, None, None, None, None
 
 
-torch.library.register_autograd("poolops::max_pool2d_with_indices", _mp_backward, setup_context=_mp_setup)
+# max_pool2d_with_taps stores one byte per output (the argmax's tap); the same backward op takes it.
+for _op in ("max_pool2d_with_indices", "max_pool2d_with_taps"):
+    torch.library.register_autograd(f"poolops::{_op}", _mp_backward, setup_context=_mp_setup)
+
+
+def _taps_to_indices(taps, input_size, kernel_size, stride, padding, dilation):
+    """Flat indices h * W + w of one-byte taps (th * kw + tw); tap 255 is -1."""
+    def pick(v, i):
+        return v[0] if len(v) == 1 else v[i]
+
+    kw = pick(kernel_size, 1)
+    sh, sw = (pick(kernel_size, 0), kw) if len(stride) == 0 else (pick(stride, 0), pick(stride, 1))
+    oh = torch.arange(taps.shape[-2], device=taps.device).view(-1, 1)
+    ow = torch.arange(taps.shape[-1], device=taps.device)
+    t = taps.long()
+    h = oh * sh - pick(padding, 0) + (t // kw) * pick(dilation, 0)
+    w = ow * sw - pick(padding, 1) + (t % kw) * pick(dilation, 1)
+    return torch.where(taps == 255, -1, h * input_size[-1] + w)
 
 
 # max_pool2d without indices (inference path): the backward recomputes them.
@@ -50,10 +67,13 @@ torch.library.register_autograd("poolops::max_pool2d", _mp_values_backward, setu
 # The backward is linear in grad_output; its own gradient gathers at the argmax.
 def _mp_bwd_setup(ctx, inputs, output):
     ctx.save_for_backward(inputs[1])
+    ctx.geometry = inputs[2:7]  # input_size, kernel_size, stride, padding, dilation
 
 
 def _mp_bwd_backward(ctx, grad_grad_input):
     (indices,) = ctx.saved_tensors
+    if indices.dtype == torch.uint8:
+        indices = _taps_to_indices(indices, *ctx.geometry)
     return (_gather_at_indices(grad_grad_input, indices),) + (None,) * 7
 
 

@@ -22,6 +22,16 @@ def _max_pool2d_with_indices_fake(x, kernel_size, stride, padding, dilation, cei
     return _new(x, shape, x.dtype, fmt), _new(x, shape, torch.int64, fmt)
 
 
+@torch.library.register_fake("poolops::max_pool2d_with_taps")
+def _max_pool2d_with_taps_fake(x, kernel_size, stride, padding, dilation, ceil_mode):
+    shape = max_pool2d_output_shape(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    taps = kernel_size[0] * kernel_size[-1]
+    torch._check(taps <= 255, lambda: f"max_pool2d_with_taps: a {kernel_size[0]}x{kernel_size[-1]} window has more "
+                 "than 255 taps; use max_pool2d_with_indices")
+    fmt = memory_format_of(x)
+    return _new(x, shape, x.dtype, fmt), _new(x, shape, torch.uint8, fmt)
+
+
 @torch.library.register_fake("poolops::max_pool2d")
 def _max_pool2d_fake(x, kernel_size, stride, padding, dilation, ceil_mode):
     shape = max_pool2d_output_shape(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
@@ -34,15 +44,16 @@ def _avg_pool2d_fake(x, kernel_size, stride, padding, ceil_mode, count_include_p
     return _new(x, shape, x.dtype, memory_format_of(x))
 
 
-def _check_grad_output(op, grad_output, expected, indices=None):
+def _check_grad_output(op, grad_output, expected, indices=None, taps_allowed=False):
     torch._check(list(grad_output.shape) == expected,
                  lambda: f"{op}_backward: expected grad_output of size {expected}, but got {list(grad_output.shape)}")
     if indices is not None:
         torch._check(indices.device == grad_output.device,
                      lambda: f"{op}_backward: grad_output and indices must be on the same device, "
                      f"but got {grad_output.device} and {indices.device}")
-        torch._check(indices.dtype == torch.int64,
-                     lambda: f"{op}_backward: indices must be int64, but got {indices.dtype}")
+        torch._check(indices.dtype == torch.int64 or (taps_allowed and indices.dtype == torch.uint8),
+                     lambda: f"{op}_backward: indices must be int64{' (or uint8 taps)' if taps_allowed else ''}, "
+                     f"but got {indices.dtype}")
         torch._check(list(indices.shape) == expected,
                      lambda: f"{op}_backward: expected indices of size {expected}, but got {list(indices.shape)}")
 
@@ -50,7 +61,7 @@ def _check_grad_output(op, grad_output, expected, indices=None):
 @torch.library.register_fake("poolops::_max_pool2d_backward")
 def _max_pool2d_backward_fake(grad_output, indices, input_size, kernel_size, stride, padding, dilation, ceil_mode):
     expected = max_pool2d_output_shape(input_size, kernel_size, stride, padding, dilation, ceil_mode)
-    _check_grad_output("max_pool2d", grad_output, expected, indices)
+    _check_grad_output("max_pool2d", grad_output, expected, indices, taps_allowed=True)
     return _new(grad_output, input_size, grad_output.dtype, memory_format_of(indices))
 
 

@@ -29,13 +29,17 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     """2-D max pooling over (N, C, H, W) or (C, H, W) input, like
     torch.nn.functional.max_pool2d. Indices are flat offsets within each H×W
     plane (max_unpool2d accepts them); ties go to the first element in
-    row-major order and NaN propagates. Without return_indices and without a
-    gradient to compute, no indices are written at all."""
+    row-major order and NaN propagates. Without return_indices, no indices are
+    written when no gradient is needed, and for training only the argmax's tap
+    within its window is kept (one byte per output instead of eight)."""
     check_tensor(input, "max_pool2d")
     params = _pool_params("max_pool2d", kernel_size, stride, padding, dilation)
-    if return_indices or (torch.is_grad_enabled() and input.requires_grad):
-        out, indices = _ops.max_pool2d_with_indices(input, *params, bool(ceil_mode))
-        return (out, indices) if return_indices else out
+    if return_indices:
+        return _ops.max_pool2d_with_indices(input, *params, bool(ceil_mode))
+    if torch.is_grad_enabled() and input.requires_grad:
+        kernel = params[0]
+        with_argmax = _ops.max_pool2d_with_taps if kernel[0] * kernel[-1] <= 255 else _ops.max_pool2d_with_indices
+        return with_argmax(input, *params, bool(ceil_mode))[0]
     return _ops.max_pool2d(input, *params, bool(ceil_mode))
 
 
