@@ -105,3 +105,59 @@ def memory_format_of(x: torch.Tensor) -> torch.memory_format:
         if suggest_memory_format(x) == torch.channels_last:
             return torch.channels_last
     return torch.contiguous_format
+
+
+def conv_param(value, name: str) -> list[int]:
+    """stride/padding/dilation of conv2d as a list: one int is used for both
+    dims; other lengths are left for the op to reject with torch's message."""
+    items = int_list(value, name, "conv2d")
+    return items * 2 if len(items) == 1 else items
+
+
+def conv2d_output_shape(input, weight, bias, stride, padding, dilation, groups) -> list:
+    """Output shape of conv2d, with the checks and messages of csrc/conv_args.cpp in its order."""
+    shape, wshape = list(input.shape), list(weight.shape)
+    torch._check(len(shape) == 4,
+                 lambda: f"Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: {shape}")
+    torch._check(len(wshape) == 4,
+                 lambda: f"expected stride to be a single integer value or a list of {len(wshape) - 2} values to "
+                 f"match the convolution dimensions, but got stride={list(stride)}")
+    params = {}
+    for name, v in (("stride", stride), ("padding", padding), ("dilation", dilation)):
+        torch._check(len(v) in (1, 2), lambda: f"expected {name} to be a single integer value or a list of 2 values "
+                     f"to match the convolution dimensions, but got {name}={list(v)}")
+        params[name] = [v[0], v[0]] if len(v) == 1 else list(v)
+    (sh, sw), (ph, pw), (dh, dw) = params["stride"], params["padding"], params["dilation"]
+    torch._check(groups > 0, lambda: "non-positive groups is not supported")
+    if bias is not None:
+        torch._check(bias.dtype == input.dtype,
+                     lambda: f"Input type ({input.dtype}) and bias type ({bias.dtype}) should be the same")
+    torch._check(ph >= 0 and pw >= 0, lambda: "negative padding is not supported")
+    torch._check(sh > 0 and sw > 0, lambda: "non-positive stride is not supported")
+    torch._check(dh > 0 and dw > 0, lambda: f"dilation should be greater than zero, but got {[dh, dw]}")
+    OC = wshape[0]
+    torch._check(OC >= groups, lambda: f"Given groups={groups}, expected weight to be at least {groups} at "
+                 f"dimension 0, but got weight of size {wshape} instead")
+    torch._check(OC % groups == 0, lambda: f"Given groups={groups}, expected weight to be divisible by {groups} at "
+                 f"dimension 0, but got weight of size [{wshape}] instead")
+    torch._check(shape[1] == wshape[1] * groups,
+                 lambda: f"Given groups={groups}, weight of size {wshape}, expected input{shape} to have "
+                 f"{wshape[1] * groups} channels, but got {shape[1]} channels instead")
+    if bias is not None:
+        torch._check(bias.dim() == 1 and bias.shape[0] == OC,
+                     lambda: f"Given weight of size {wshape}, expected bias to be 1-dimensional with {OC} elements, "
+                     f"but got bias of size {list(bias.shape)} instead")
+    N, _, H, W = shape
+    eh, ew = dh * (wshape[2] - 1) + 1, dw * (wshape[3] - 1) + 1
+    torch._check(H + 2 * ph >= eh and W + 2 * pw >= ew,
+                 lambda: f"Calculated padded input size per channel: ({H + 2 * ph} x {W + 2 * pw}). Kernel size: "
+                 f"({eh} x {ew}). Kernel size can't be greater than actual input size")
+    torch._check(weight.dtype == input.dtype, lambda: f"expected scalar type {input.dtype} but found {weight.dtype}")
+    return [N, OC, (H + 2 * ph - eh) // sh + 1, (W + 2 * pw - ew) // sw + 1]
+
+
+def conv_memory_format(a: torch.Tensor, b: torch.Tensor) -> torch.memory_format:
+    """conv2d's output layout: channels_last when either operand is channels_last (as in ATen)."""
+    if torch.channels_last in (memory_format_of(a), memory_format_of(b)):
+        return torch.channels_last
+    return torch.contiguous_format
