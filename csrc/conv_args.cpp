@@ -103,8 +103,8 @@ Conv2dGeom check_conv2d(const at::Tensor& input, const at::Tensor& weight, const
   TORCH_CHECK(groups > 0, "non-positive groups is not supported");
   const bool has_bias = bias.has_value() && bias->defined();
   if (has_bias) {
-    TORCH_CHECK(bias->scalar_type() == input.scalar_type(), "Input type (", input.scalar_type(),
-                ") and bias type (", bias->scalar_type(), ") should be the same");
+    TORCH_CHECK(bias->scalar_type() == input.scalar_type(), "Input type (", input.dtype(), ") and bias type (",
+                bias->dtype(), ") should be the same");
   }
   TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, "negative padding is not supported");
   TORCH_CHECK(stride[0] > 0 && stride[1] > 0, "non-positive stride is not supported");

@@ -114,6 +114,17 @@ def conv_param(value, name: str) -> list[int]:
     return items * 2 if len(items) == 1 else items
 
 
+def _aten_name(dtype):  # ScalarType spelling: Float, Double, BFloat16, ...
+    return {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half", torch.bfloat16: "BFloat16",
+            torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char",
+            torch.uint8: "Byte"}.get(dtype, str(dtype))
+
+
+def _c_name(dtype):  # TypeMeta spelling: float, double, c10::BFloat16, ...
+    return {torch.float32: "float", torch.float64: "double", torch.float16: "c10::Half",
+            torch.bfloat16: "c10::BFloat16", torch.int64: "long int", torch.int32: "int"}.get(dtype, str(dtype))
+
+
 def conv2d_output_shape(input, weight, bias, stride, padding, dilation, groups) -> list:
     """Output shape of conv2d, with the checks and messages of csrc/conv_args.cpp in its order."""
     shape, wshape = list(input.shape), list(weight.shape)
@@ -131,7 +142,7 @@ def conv2d_output_shape(input, weight, bias, stride, padding, dilation, groups) 
     torch._check(groups > 0, lambda: "non-positive groups is not supported")
     if bias is not None:
         torch._check(bias.dtype == input.dtype,
-                     lambda: f"Input type ({input.dtype}) and bias type ({bias.dtype}) should be the same")
+                     lambda: f"Input type ({_c_name(input.dtype)}) and bias type ({_c_name(bias.dtype)}) should be the same")
     torch._check(ph >= 0 and pw >= 0, lambda: "negative padding is not supported")
     torch._check(sh > 0 and sw > 0, lambda: "non-positive stride is not supported")
     torch._check(dh > 0 and dw > 0, lambda: f"dilation should be greater than zero, but got {[dh, dw]}")
@@ -152,7 +163,7 @@ def conv2d_output_shape(input, weight, bias, stride, padding, dilation, groups) 
     torch._check(H + 2 * ph >= eh and W + 2 * pw >= ew,
                  lambda: f"Calculated padded input size per channel: ({H + 2 * ph} x {W + 2 * pw}). Kernel size: "
                  f"({eh} x {ew}). Kernel size can't be greater than actual input size")
-    torch._check(weight.dtype == input.dtype, lambda: f"expected scalar type {input.dtype} but found {weight.dtype}")
+    torch._check(weight.dtype == input.dtype, lambda: f"expected scalar type {_aten_name(input.dtype)} but found {_aten_name(weight.dtype)}")
     return [N, OC, (H + 2 * ph - eh) // sh + 1, (W + 2 * pw - ew) // sw + 1]
 
 
