@@ -20,6 +20,7 @@ namespace poolops {
 namespace {
 
 constexpr int64_t kLanes = 256;  // channels (NHWC) swept together per tap
+constexpr int64_t kBlock = 16;   // outputs (NCHW) or channels (NHWC) kept in registers across the taps
 
 inline int64_t grain_for(int64_t work_per_item) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_item));
@@ -212,6 +213,18 @@ void fill_phase_buffer(const T* plane, acc_t* buf, const PhaseBuffer& pb, const 
     for (int64_t q = 0; q < g.pw; ++q) row[(q % g.sw) * pb.slots + q / g.sw] = acc_t(0);
     for (int64_t q = g.pw + g.W; q < row_len; ++q) row[(q % g.sw) * pb.slots + q / g.sw] = acc_t(0);
     const T* src = plane + h * g.W;
+    if (g.sw == 2) {
+      // Even and odd columns in one pass (a vectorisable load-and-split).
+      acc_t* d0 = row + (g.pw % 2) * pb.slots + g.pw / 2;
+      acc_t* d1 = row + ((g.pw + 1) % 2) * pb.slots + (g.pw + 1) / 2;
+      const int64_t pairs = g.W / 2;
+      for (int64_t t = 0; t < pairs; ++t) {
+        d0[t] = static_cast<acc_t>(src[2 * t]);
+        d1[t] = static_cast<acc_t>(src[2 * t + 1]);
+      }
+      if (g.W % 2) d0[pairs] = static_cast<acc_t>(src[g.W - 1]);
+      continue;
+    }
     for (int64_t phase = 0; phase < g.sw; ++phase) {
       const int64_t w0 = ((phase - g.pw) % g.sw + g.sw) % g.sw;  // first w with (w + pw) % sw == phase
       if (w0 >= g.W) continue;
@@ -219,8 +232,6 @@ void fill_phase_buffer(const T* plane, acc_t* buf, const PhaseBuffer& pb, const 
       const int64_t n = (g.W - w0 + g.sw - 1) / g.sw;
       if (g.sw == 1) {
         for (int64_t t = 0; t < n; ++t) dst[t] = static_cast<acc_t>(src[t]);
-      } else if (g.sw == 2) {
-        for (int64_t t = 0; t < n; ++t) dst[t] = static_cast<acc_t>(src[w0 + 2 * t]);
       } else {
         for (int64_t t = 0; t < n; ++t) dst[t] = static_cast<acc_t>(src[w0 + g.sw * t]);
       }
@@ -233,9 +244,12 @@ void depthwise_forward_nchw(const T* x, const T* wt, const T* bias, T* y, const 
   using acc_t = at::opmath_type<T>;
   const PhaseBuffer pb(g);
   const int64_t m = g.OC / g.C;
+  const int64_t row_step = pb.tap(g, 1, 0, 0) - pb.tap(g, 0, 0, 0);
+  std::vector<int64_t> tap_off(g.taps());
+  for (int64_t t = 0; t < g.taps(); ++t) tap_off[t] = pb.tap(g, 0, t / g.kw, t % g.kw);
   at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> buf(pb.size(g));
-    std::vector<acc_t> acc(g.OW);
+    std::vector<acc_t> buf(pb.size(g) + kBlock);  // slack for the last block's reads
+    std::vector<acc_t> wv(g.taps());
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / g.C, c = t % g.C;
       fill_phase_buffer(x + t * g.H * g.W, buf.data(), pb, g);
@@ -244,17 +258,19 @@ void depthwise_forward_nchw(const T* x, const T* wt, const T* bias, T* y, const 
         const T* w = wt + oc * g.taps();
         const acc_t b = bias ? static_cast<acc_t>(bias[oc]) : acc_t(0);
         T* out = y + (n * g.OC + oc) * g.ohw();
+        for (int64_t t = 0; t < g.taps(); ++t) wv[t] = static_cast<acc_t>(w[t]);
         for (int64_t oh = 0; oh < g.OH; ++oh) {
-          std::fill(acc.begin(), acc.end(), b);
-          for (int64_t i = 0; i < g.kh; ++i) {
-            for (int64_t j = 0; j < g.kw; ++j) {
-              const acc_t wv = static_cast<acc_t>(w[i * g.kw + j]);
-              const acc_t* src = buf.data() + pb.tap(g, oh, i, j);
-              acc_t* a = acc.data();
-              for (int64_t ow = 0; ow < g.OW; ++ow) a[ow] += wv * src[ow];
+          const acc_t* row = buf.data() + oh * row_step;
+          for (int64_t ow0 = 0; ow0 < g.OW; ow0 += kBlock) {
+            acc_t a[kBlock];
+            for (int64_t l = 0; l < kBlock; ++l) a[l] = b;
+            for (int64_t t = 0; t < g.taps(); ++t) {
+              const acc_t* src = row + tap_off[t] + ow0;
+              for (int64_t l = 0; l < kBlock; ++l) a[l] += wv[t] * src[l];
             }
+            const int64_t n_out = std::min(kBlock, g.OW - ow0);
+            for (int64_t l = 0; l < n_out; ++l) out[oh * g.OW + ow0 + l] = static_cast<T>(a[l]);
           }
-          for (int64_t ow = 0; ow < g.OW; ++ow) out[oh * g.OW + ow] = static_cast<T>(acc[ow]);
         }
       }
     }
@@ -351,6 +367,46 @@ void depthwise_backward_weight_nchw(const T* gout, const T* x, T* gw, const Conv
 // --- depthwise, NHWC (channel multiplier 1) -------------------------------------------------------
 // The weight is passed transposed to (kh*kw, C) so each tap is a channel vector.
 
+// Outputs (oh, ow) for channels [c0, c0 + cn), accumulated in acc.
+template <typename T, typename acc_t>
+inline void depthwise_nhwc_span(const T* xn, const T* wtc, const T* bias, T* out, const Conv2dGeom& g, int64_t oh,
+                                int64_t ow, int64_t c0, int64_t cn, acc_t* acc) {
+  for (int64_t c = 0; c < cn; ++c) acc[c] = bias ? static_cast<acc_t>(bias[c0 + c]) : acc_t(0);
+  for (int64_t i = 0; i < g.kh; ++i) {
+    const int64_t h = conv_source(oh, i, g.sh, g.ph, g.dh);
+    if (h < 0 || h >= g.H) continue;
+    for (int64_t j = 0; j < g.kw; ++j) {
+      const int64_t w = conv_source(ow, j, g.sw, g.pw, g.dw);
+      if (w < 0 || w >= g.W) continue;
+      const T* src = xn + (h * g.W + w) * g.C + c0;
+      const T* wv = wtc + (i * g.kw + j) * g.C + c0;
+      for (int64_t c = 0; c < cn; ++c) acc[c] += static_cast<acc_t>(wv[c]) * static_cast<acc_t>(src[c]);
+    }
+  }
+  for (int64_t c = 0; c < cn; ++c) out[c0 + c] = static_cast<T>(acc[c]);
+}
+
+// The same for a fixed width, with the accumulators in registers across the taps.
+template <int64_t kWidth, typename T>
+inline void depthwise_nhwc_block(const T* __restrict__ xn, const T* __restrict__ wtc, const T* __restrict__ bias,
+                                 T* __restrict__ out, const Conv2dGeom& g, int64_t oh, int64_t ow, int64_t c0) {
+  using acc_t = at::opmath_type<T>;
+  acc_t acc[kWidth];
+  for (int64_t c = 0; c < kWidth; ++c) acc[c] = bias ? static_cast<acc_t>(bias[c0 + c]) : acc_t(0);
+  for (int64_t i = 0; i < g.kh; ++i) {
+    const int64_t h = conv_source(oh, i, g.sh, g.ph, g.dh);
+    if (h < 0 || h >= g.H) continue;
+    for (int64_t j = 0; j < g.kw; ++j) {
+      const int64_t w = conv_source(ow, j, g.sw, g.pw, g.dw);
+      if (w < 0 || w >= g.W) continue;
+      const T* src = xn + (h * g.W + w) * g.C + c0;
+      const T* wv = wtc + (i * g.kw + j) * g.C + c0;
+      for (int64_t c = 0; c < kWidth; ++c) acc[c] += static_cast<acc_t>(wv[c]) * static_cast<acc_t>(src[c]);
+    }
+  }
+  for (int64_t c = 0; c < kWidth; ++c) out[c0 + c] = static_cast<T>(acc[c]);
+}
+
 template <typename T>
 void depthwise_forward_nhwc(const T* x, const T* wtc, const T* bias, T* y, const Conv2dGeom& g) {
   using acc_t = at::opmath_type<T>;
@@ -362,22 +418,11 @@ void depthwise_forward_nhwc(const T* x, const T* wtc, const T* bias, T* y, const
       const T* xn = x + n * g.H * g.W * C;
       for (int64_t ow = 0; ow < g.OW; ++ow) {
         T* out = y + (row * g.OW + ow) * C;
-        for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
-          const int64_t cn = std::min(kLanes, C - c0);
-          for (int64_t c = 0; c < cn; ++c) acc[c] = bias ? static_cast<acc_t>(bias[c0 + c]) : acc_t(0);
-          for (int64_t i = 0; i < g.kh; ++i) {
-            const int64_t h = conv_source(oh, i, g.sh, g.ph, g.dh);
-            if (h < 0 || h >= g.H) continue;
-            for (int64_t j = 0; j < g.kw; ++j) {
-              const int64_t w = conv_source(ow, j, g.sw, g.pw, g.dw);
-              if (w < 0 || w >= g.W) continue;
-              const T* src = xn + (h * g.W + w) * C + c0;
-              const T* wv = wtc + (i * g.kw + j) * C + c0;
-              for (int64_t c = 0; c < cn; ++c) acc[c] += static_cast<acc_t>(wv[c]) * static_cast<acc_t>(src[c]);
-            }
-          }
-          for (int64_t c = 0; c < cn; ++c) out[c0 + c] = static_cast<T>(acc[c]);
+        int64_t c0 = 0;
+        for (; c0 + 2 * kBlock <= C; c0 += 2 * kBlock) {
+          depthwise_nhwc_block<2 * kBlock>(xn, wtc, bias, out, g, oh, ow, c0);
         }
+        for (; c0 < C; c0 += kLanes) depthwise_nhwc_span(xn, wtc, bias, out, g, oh, ow, c0, std::min(kLanes, C - c0), acc);
       }
     }
   });
