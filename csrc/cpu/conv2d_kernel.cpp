@@ -20,7 +20,7 @@ namespace poolops {
 namespace {
 
 constexpr int64_t kLanes = 256;  // channels (NHWC) swept together per tap
-constexpr int64_t kBlock = 16;   // outputs (NCHW) or channels (NHWC) kept in registers across the taps
+constexpr int64_t kBlock = 16;   // NCHW outputs kept in registers across the taps
 
 inline int64_t grain_for(int64_t work_per_item) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_item));
@@ -367,63 +367,38 @@ void depthwise_backward_weight_nchw(const T* gout, const T* x, T* gw, const Conv
 // --- depthwise, NHWC (channel multiplier 1) -------------------------------------------------------
 // The weight is passed transposed to (kh*kw, C) so each tap is a channel vector.
 
-// Outputs (oh, ow) for channels [c0, c0 + cn), accumulated in acc.
-template <typename T, typename acc_t>
-inline void depthwise_nhwc_span(const T* xn, const T* wtc, const T* bias, T* out, const Conv2dGeom& g, int64_t oh,
-                                int64_t ow, int64_t c0, int64_t cn, acc_t* acc) {
-  for (int64_t c = 0; c < cn; ++c) acc[c] = bias ? static_cast<acc_t>(bias[c0 + c]) : acc_t(0);
-  for (int64_t i = 0; i < g.kh; ++i) {
-    const int64_t h = conv_source(oh, i, g.sh, g.ph, g.dh);
-    if (h < 0 || h >= g.H) continue;
-    for (int64_t j = 0; j < g.kw; ++j) {
-      const int64_t w = conv_source(ow, j, g.sw, g.pw, g.dw);
-      if (w < 0 || w >= g.W) continue;
-      const T* src = xn + (h * g.W + w) * g.C + c0;
-      const T* wv = wtc + (i * g.kw + j) * g.C + c0;
-      for (int64_t c = 0; c < cn; ++c) acc[c] += static_cast<acc_t>(wv[c]) * static_cast<acc_t>(src[c]);
-    }
-  }
-  for (int64_t c = 0; c < cn; ++c) out[c0 + c] = static_cast<T>(acc[c]);
-}
-
-// The same for a fixed width, with the accumulators in registers across the taps.
-template <int64_t kWidth, typename T>
-inline void depthwise_nhwc_block(const T* __restrict__ xn, const T* __restrict__ wtc, const T* __restrict__ bias,
-                                 T* __restrict__ out, const Conv2dGeom& g, int64_t oh, int64_t ow, int64_t c0) {
-  using acc_t = at::opmath_type<T>;
-  acc_t acc[kWidth];
-  for (int64_t c = 0; c < kWidth; ++c) acc[c] = bias ? static_cast<acc_t>(bias[c0 + c]) : acc_t(0);
-  for (int64_t i = 0; i < g.kh; ++i) {
-    const int64_t h = conv_source(oh, i, g.sh, g.ph, g.dh);
-    if (h < 0 || h >= g.H) continue;
-    for (int64_t j = 0; j < g.kw; ++j) {
-      const int64_t w = conv_source(ow, j, g.sw, g.pw, g.dw);
-      if (w < 0 || w >= g.W) continue;
-      const T* src = xn + (h * g.W + w) * g.C + c0;
-      const T* wv = wtc + (i * g.kw + j) * g.C + c0;
-      for (int64_t c = 0; c < kWidth; ++c) acc[c] += static_cast<acc_t>(wv[c]) * static_cast<acc_t>(src[c]);
-    }
-  }
-  for (int64_t c = 0; c < kWidth; ++c) out[c0 + c] = static_cast<T>(acc[c]);
-}
-
+// One task per output row: each tap adds its weight vector times a run of
+// input pixels into the row's accumulators (channels innermost, contiguous).
 template <typename T>
 void depthwise_forward_nhwc(const T* x, const T* wtc, const T* bias, T* y, const Conv2dGeom& g) {
   using acc_t = at::opmath_type<T>;
+  constexpr bool kDirect = std::is_same_v<acc_t, T>;
   const int64_t C = g.C;
+  std::vector<acc_t> wv(g.taps() * C);
+  for (int64_t e = 0; e < g.taps() * C; ++e) wv[e] = static_cast<acc_t>(wtc[e]);
   at::parallel_for(0, g.N * g.OH, grain_for(g.OW * C * g.taps()), [&](int64_t begin, int64_t end) {
-    acc_t acc[kLanes];
+    std::vector<acc_t> scratch(kDirect ? 0 : g.OW * C);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / g.OH, oh = row % g.OH;
-      const T* xn = x + n * g.H * g.W * C;
+      acc_t* acc = kDirect ? reinterpret_cast<acc_t*>(y + row * g.OW * C) : scratch.data();
       for (int64_t ow = 0; ow < g.OW; ++ow) {
-        T* out = y + (row * g.OW + ow) * C;
-        int64_t c0 = 0;
-        for (; c0 + 2 * kBlock <= C; c0 += 2 * kBlock) {
-          depthwise_nhwc_block<2 * kBlock>(xn, wtc, bias, out, g, oh, ow, c0);
-        }
-        for (; c0 < C; c0 += kLanes) depthwise_nhwc_span(xn, wtc, bias, out, g, oh, ow, c0, std::min(kLanes, C - c0), acc);
+        for (int64_t c = 0; c < C; ++c) acc[ow * C + c] = bias ? static_cast<acc_t>(bias[c]) : acc_t(0);
       }
+      for (int64_t i = 0; i < g.kh; ++i) {
+        const int64_t h = conv_source(oh, i, g.sh, g.ph, g.dh);
+        if (h < 0 || h >= g.H) continue;
+        const T* xrow = x + (n * g.H + h) * g.W * C;
+        for (int64_t j = 0; j < g.kw; ++j) {
+          const Range rw = conv_tap_outputs(j, g.W, g.OW, g.sw, g.pw, g.dw);
+          const acc_t* w = wv.data() + (i * g.kw + j) * C;
+          for (int64_t ow = rw.begin; ow < rw.end; ++ow) {
+            const T* src = xrow + conv_source(ow, j, g.sw, g.pw, g.dw) * C;
+            acc_t* dst = acc + ow * C;
+            for (int64_t c = 0; c < C; ++c) dst[c] += w[c] * static_cast<acc_t>(src[c]);
+          }
+        }
+      }
+      if (!kDirect) std::copy(acc, acc + g.OW * C, y + row * g.OW * C);
     }
   });
 }
