@@ -55,4 +55,14 @@ TORCH_LIBRARY(poolops, m) {
   m.def("_global_avg_pool2d_backward(Tensor grad_output, SymInt[] input_size) -> Tensor");
   m.def("global_max_pool2d(Tensor self) -> (Tensor, Tensor)");
   m.def("_global_max_pool2d_backward(Tensor grad_output, Tensor indices, SymInt[] input_size) -> Tensor");
+
+  m.def(
+      "conv2d(Tensor input, Tensor weight, Tensor? bias, int[] stride, int[] padding, int[] dilation, int groups) "
+      "-> Tensor");
+  m.def(
+      "_conv2d_backward_input(Tensor grad_output, Tensor weight, SymInt[] input_size, int[] stride, int[] padding, "
+      "int[] dilation, int groups) -> Tensor");
+  m.def(
+      "_conv2d_backward_weight(Tensor grad_output, Tensor input, SymInt[] weight_size, int[] stride, int[] padding, "
+      "int[] dilation, int groups) -> Tensor");
 }

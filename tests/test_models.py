@@ -82,12 +82,17 @@ def test_torchvision_model_eval_and_training_gradients(name):
     model.eval(), converted.eval()
     with torch.no_grad():
         torch.testing.assert_close(converted(x), model(x), rtol=1e-4, atol=1e-4)
-    model.train(), converted.train()
+    # Training gradients in float64: batch norm over a batch of two amplifies fp32
+    # summation-order noise, float64 leaves only the algorithms to compare.
+    model.train().double(), converted.train().double()
     target = torch.tensor([1, 7])
     for m in (model, converted):
-        torch.nn.functional.cross_entropy(m(x), target).backward()
+        torch.manual_seed(1)  # the same dropout masks
+        torch.nn.functional.cross_entropy(m(x.double()), target).backward()
+    scale = max(p.grad.abs().max().item() for p in model.parameters())
     for (k, a), b in zip(model.named_parameters(), converted.parameters()):
-        torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-4, msg=lambda m: f"{name} {k}: {m}")
+        atol = 1e-9 * scale
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-7, atol=atol, msg=lambda m: f"{name} {k}: {m}")
 
 
 # --- compile, export, autocast -----------------------------------------------------------------
@@ -113,7 +118,7 @@ def test_compile_inductor_cpu_converted_model():
 def test_export_converted_model():
     model = pnn.convert(small_cnn()).eval()
     x = torch.randn(2, 3, 32, 32)
-    exported = torch.export.export(model, (x,))
+    exported = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
     targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
     assert any(t.startswith("poolops.") for t in targets), targets
     torch.testing.assert_close(exported.module()(x), model(x))

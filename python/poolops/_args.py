@@ -182,3 +182,70 @@ def adaptive_output_size(output_size, input_shape, op="adaptive_pool2d") -> list
     items = list(output_size)
     defaults = list(input_shape)[-len(items):] if items else []
     return int_list([d if v is None else v for v, d in zip(items, defaults)], "output_size", op)
+
+
+def conv_param(value, name: str) -> list[int]:
+    """stride/padding/dilation of conv2d as a list: one int is used for both
+    dims; other lengths are left for the op to reject with torch's message."""
+    items = int_list(value, name, "conv2d")
+    return items * 2 if len(items) == 1 else items
+
+
+def _aten_name(dtype):  # ScalarType spelling: Float, Double, BFloat16, ...
+    return {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half", torch.bfloat16: "BFloat16",
+            torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char",
+            torch.uint8: "Byte"}.get(dtype, str(dtype))
+
+
+def _c_name(dtype):  # TypeMeta spelling: float, double, c10::BFloat16, ...
+    return {torch.float32: "float", torch.float64: "double", torch.float16: "c10::Half",
+            torch.bfloat16: "c10::BFloat16", torch.int64: "long int", torch.int32: "int"}.get(dtype, str(dtype))
+
+
+def conv2d_output_shape(input, weight, bias, stride, padding, dilation, groups) -> list:
+    """Output shape of conv2d, with the checks and messages of csrc/conv_args.cpp in its order."""
+    shape, wshape = list(input.shape), list(weight.shape)
+    torch._check(len(shape) == 4,
+                 lambda: f"Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: {shape}")
+    torch._check(len(wshape) == 4,
+                 lambda: f"expected stride to be a single integer value or a list of {len(wshape) - 2} values to "
+                 f"match the convolution dimensions, but got stride={list(stride)}")
+    params = {}
+    for name, v in (("stride", stride), ("padding", padding), ("dilation", dilation)):
+        torch._check(len(v) in (1, 2), lambda: f"expected {name} to be a single integer value or a list of 2 values "
+                     f"to match the convolution dimensions, but got {name}={list(v)}")
+        params[name] = [v[0], v[0]] if len(v) == 1 else list(v)
+    (sh, sw), (ph, pw), (dh, dw) = params["stride"], params["padding"], params["dilation"]
+    torch._check(groups > 0, lambda: "non-positive groups is not supported")
+    if bias is not None:
+        torch._check(bias.dtype == input.dtype,
+                     lambda: f"Input type ({_c_name(input.dtype)}) and bias type ({_c_name(bias.dtype)}) should be the same")
+    torch._check(ph >= 0 and pw >= 0, lambda: "negative padding is not supported")
+    torch._check(sh > 0 and sw > 0, lambda: "non-positive stride is not supported")
+    torch._check(dh > 0 and dw > 0, lambda: f"dilation should be greater than zero, but got {[dh, dw]}")
+    OC = wshape[0]
+    torch._check(OC >= groups, lambda: f"Given groups={groups}, expected weight to be at least {groups} at "
+                 f"dimension 0, but got weight of size {wshape} instead")
+    torch._check(OC % groups == 0, lambda: f"Given groups={groups}, expected weight to be divisible by {groups} at "
+                 f"dimension 0, but got weight of size [{wshape}] instead")
+    torch._check(shape[1] == wshape[1] * groups,
+                 lambda: f"Given groups={groups}, weight of size {wshape}, expected input{shape} to have "
+                 f"{wshape[1] * groups} channels, but got {shape[1]} channels instead")
+    if bias is not None:
+        torch._check(bias.dim() == 1 and bias.shape[0] == OC,
+                     lambda: f"Given weight of size {wshape}, expected bias to be 1-dimensional with {OC} elements, "
+                     f"but got bias of size {list(bias.shape)} instead")
+    N, _, H, W = shape
+    eh, ew = dh * (wshape[2] - 1) + 1, dw * (wshape[3] - 1) + 1
+    torch._check(H + 2 * ph >= eh and W + 2 * pw >= ew,
+                 lambda: f"Calculated padded input size per channel: ({H + 2 * ph} x {W + 2 * pw}). Kernel size: "
+                 f"({eh} x {ew}). Kernel size can't be greater than actual input size")
+    torch._check(weight.dtype == input.dtype, lambda: f"expected scalar type {_aten_name(input.dtype)} but found {_aten_name(weight.dtype)}")
+    return [N, OC, (H + 2 * ph - eh) // sh + 1, (W + 2 * pw - ew) // sw + 1]
+
+
+def conv_memory_format(a: torch.Tensor, b: torch.Tensor) -> torch.memory_format:
+    """conv2d's output layout: channels_last when either operand is channels_last (as in ATen)."""
+    if torch.channels_last in (memory_format_of(a), memory_format_of(b)):
+        return torch.channels_last
+    return torch.contiguous_format

@@ -179,3 +179,62 @@ def _argmax_bwd_backward(ctx, grad_grad_input):
 
 for _op in ("_adaptive_max_pool2d_backward", "_global_max_pool2d_backward"):
     torch.library.register_autograd(f"poolops::{_op}", _argmax_bwd_backward, setup_context=_argmax_bwd_setup)
+
+
+# conv2d: grad_input and grad_weight are the two backward ops, grad_bias a sum.
+def _conv_setup(ctx, inputs, output):
+    x, weight, bias, *params = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+    ctx.params = params
+
+
+def _conv_backward(ctx, grad_out):
+    x, weight = ctx.saved_tensors
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    gx = _ops._conv2d_backward_input(grad_out, weight, x.shape, *ctx.params) if need_x else None
+    gw = _ops._conv2d_backward_weight(grad_out, x, weight.shape, *ctx.params) if need_w else None
+    gb = grad_out.sum((0, 2, 3)) if ctx.has_bias and need_b else None
+    return gx, gw, gb, None, None, None, None
+
+
+torch.library.register_autograd("poolops::conv2d", _conv_backward, setup_context=_conv_setup)
+
+
+# grad_input = B(grad_out, weight) is bilinear: its derivative in grad_out is the
+# forward conv of the incoming gradient, in weight the weight-gradient op.
+def _conv_bwd_input_setup(ctx, inputs, output):
+    grad_out, weight, input_size, *params = inputs
+    ctx.save_for_backward(grad_out, weight)
+    ctx.params = params
+
+
+def _conv_bwd_input_backward(ctx, gg):
+    grad_out, weight = ctx.saved_tensors
+    need_go, need_w = ctx.needs_input_grad[:2]
+    d_go = _ops.conv2d(gg, weight, None, *ctx.params) if need_go else None
+    d_w = _ops._conv2d_backward_weight(grad_out, gg, weight.shape, *ctx.params) if need_w else None
+    return d_go, d_w, None, None, None, None, None
+
+
+torch.library.register_autograd("poolops::_conv2d_backward_input", _conv_bwd_input_backward,
+                                setup_context=_conv_bwd_input_setup)
+
+
+# grad_weight = C(grad_out, input) is bilinear too.
+def _conv_bwd_weight_setup(ctx, inputs, output):
+    grad_out, x, weight_size, *params = inputs
+    ctx.save_for_backward(grad_out, x)
+    ctx.params = params
+
+
+def _conv_bwd_weight_backward(ctx, gg):
+    grad_out, x = ctx.saved_tensors
+    need_go, need_x = ctx.needs_input_grad[:2]
+    d_go = _ops.conv2d(x, gg, None, *ctx.params) if need_go else None
+    d_x = _ops._conv2d_backward_input(grad_out, gg, x.shape, *ctx.params) if need_x else None
+    return d_go, d_x, None, None, None, None, None
+
+
+torch.library.register_autograd("poolops::_conv2d_backward_weight", _conv_bwd_weight_backward,
+                                setup_context=_conv_bwd_weight_setup)

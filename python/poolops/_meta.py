@@ -123,3 +123,36 @@ def _global_max_pool2d_backward_fake(grad_output, indices, input_size):
     _check_grad_output("global_max_pool2d", grad_output, global_output_shape(input_size, "global_max_pool2d"),
                        indices)
     return _new(grad_output, input_size, grad_output.dtype, memory_format_of(indices))
+
+
+from ._args import conv2d_output_shape, conv_memory_format  # noqa: E402
+
+
+@torch.library.register_fake("poolops::conv2d")
+def _conv2d_fake(x, weight, bias, stride, padding, dilation, groups):
+    shape = conv2d_output_shape(x, weight, bias, stride, padding, dilation, groups)
+    return _new(x, shape, x.dtype, conv_memory_format(x, weight))
+
+
+@torch.library.register_fake("poolops::_conv2d_backward_input")
+def _conv2d_backward_input_fake(grad_output, weight, input_size, stride, padding, dilation, groups):
+    torch._check(len(input_size) == 4, lambda: f"conv2d backward: input_size must have 4 elements, but got {input_size}")
+    probe = torch.empty(input_size, dtype=weight.dtype, device="meta")
+    expected = conv2d_output_shape(probe, weight, None, stride, padding, dilation, groups)
+    torch._check(grad_output.dtype == weight.dtype,
+                 lambda: f"expected scalar type {weight.dtype} but found {grad_output.dtype}")
+    torch._check(list(grad_output.shape) == expected,
+                 lambda: f"conv2d backward: expected grad_output of size {expected}, but got {list(grad_output.shape)}")
+    return _new(grad_output, input_size, grad_output.dtype, conv_memory_format(grad_output, weight))
+
+
+@torch.library.register_fake("poolops::_conv2d_backward_weight")
+def _conv2d_backward_weight_fake(grad_output, x, weight_size, stride, padding, dilation, groups):
+    torch._check(len(weight_size) == 4,
+                 lambda: f"conv2d backward: weight_size must have 4 elements, but got {weight_size}")
+    probe = torch.empty(weight_size, dtype=x.dtype, device="meta")
+    expected = conv2d_output_shape(x, probe, None, stride, padding, dilation, groups)
+    torch._check(grad_output.dtype == x.dtype, lambda: f"expected scalar type {x.dtype} but found {grad_output.dtype}")
+    torch._check(list(grad_output.shape) == expected,
+                 lambda: f"conv2d backward: expected grad_output of size {expected}, but got {list(grad_output.shape)}")
+    return _new(x, weight_size, x.dtype, torch.contiguous_format)

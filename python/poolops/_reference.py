@@ -163,3 +163,29 @@ def adaptive_avg_pool2d_backward(grad_out, input_shape):
         for j, (w0, w1) in enumerate(cols):
             g[:, :, h0:h1, w0:w1] += (go[:, :, i, j] / (h1 - h0) / (w1 - w0))[:, :, None, None]
     return g
+
+
+def conv2d(x, weight, bias, stride, padding, dilation, groups):
+    """Float64 conv2d of a 4-D input from the definition: for every kernel tap,
+    the strided slice of the zero-padded input it reads, times that tap's
+    weights, summed per group."""
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    N, C, H, W = x.shape
+    OC, cg, kh, kw = weight.shape
+    OH = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    OW = (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    xp = torch.zeros(N, C, H + 2 * ph, W + 2 * pw, dtype=torch.float64)
+    xp[:, :, ph:ph + H, pw:pw + W] = x.double()
+    wd = weight.double()
+    out = torch.zeros(N, OC, OH, OW, dtype=torch.float64)
+    ocg = OC // groups
+    for i in range(kh):
+        for j in range(kw):
+            taps = xp[:, :, i * dh:i * dh + sh * (OH - 1) + 1:sh, j * dw:j * dw + sw * (OW - 1) + 1:sw]
+            for g in range(groups):
+                xs = taps[:, g * cg:(g + 1) * cg]
+                ws = wd[g * ocg:(g + 1) * ocg, :, i, j]
+                out[:, g * ocg:(g + 1) * ocg] += torch.einsum("nchw,oc->nohw", xs, ws)
+    if bias is not None:
+        out += bias.double().view(1, OC, 1, 1)
+    return out

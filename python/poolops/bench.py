@@ -178,5 +178,36 @@ def main(argv=None):
     return rows
 
 
+# --- conv2d: appended cases (the weights are fixed per case; the timed input is x) ---
+
+def _conv(cin, cout, k, s, p, groups):
+    g = torch.Generator().manual_seed(0)
+    weights = {}
+
+    def weight(x):
+        key = (x.device, x.dtype, x.is_contiguous(memory_format=torch.channels_last))
+        if key not in weights:
+            w = torch.randn(cout, cin // groups, k, k, generator=g) / (cin // groups * k * k) ** 0.5
+            weights[key] = w.to(x.device, x.dtype)
+        return weights[key]
+
+    mine = lambda x: P.conv2d(x, weight(x), None, s, p, 1, groups)  # noqa: E731
+    theirs = lambda x: F.conv2d(x, weight(x), None, s, p, 1, groups)  # noqa: E731
+    return mine, theirs, lambda x, y: _elt(y)
+
+
+_max_pool_cases = cases
+
+
+def cases(quick: bool) -> list[Case]:  # noqa: F811
+    n = 8 if quick else 32
+    conv = [
+        ("MobileNet depthwise 3x3 s2", (n, 96, 112, 112) if not quick else (n, 96, 56, 56), (96, 96, 3, 2, 1, 96)),
+        ("ResNet 3x3 s2 64->128", (n, 64, 56, 56), (64, 128, 3, 2, 1, 1)),
+        ("ResNet 1x1 s2 256->512", (n, 256, 56, 56) if not quick else (n, 256, 28, 28), (256, 512, 1, 2, 0, 1)),
+    ]
+    return _max_pool_cases(quick) + [Case("conv2d", name, shape, *_conv(*args)) for name, shape, args in conv]
+
+
 if __name__ == "__main__":
     main()

@@ -13,6 +13,7 @@ __all__ = [
     "adaptive_max_pool2d",
     "global_avg_pool2d",
     "global_max_pool2d",
+    "conv2d",
 ]
 
 
@@ -94,3 +95,57 @@ def global_max_pool2d(input, return_indices=False):
     check_tensor(input, "global_max_pool2d")
     out, indices = _ops.global_max_pool2d(input)
     return (out, indices) if return_indices else out
+
+
+def _same_padding(input, weight, stride, dilation):
+    """padding='same' (stride 1 only): total d*(k-1) per dim, left = total // 2.
+    An odd total pads the extra right/bottom column/row explicitly, as ATen does."""
+    import warnings
+
+    from ._args import conv_param
+
+    if any(s != 1 for s in conv_param(stride, "stride")):
+        raise RuntimeError("padding='same' is not supported for strided convolutions")
+    dh, dw = conv_param(dilation, "dilation")[:2]
+    total = [dh * (weight.shape[-2] - 1), dw * (weight.shape[-1] - 1)]
+    extra = [t % 2 for t in total]
+    if any(extra):
+        warnings.warn("Using padding='same' with even kernel lengths and odd dilation may require a zero-padded "
+                      "copy of the input be created")
+        input = torch.nn.functional.pad(input, [0, extra[1], 0, extra[0]])
+    return input, [total[0] // 2, total[1] // 2]
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D convolution over (N, C, H, W) or (C, H, W) input, like
+    torch.nn.functional.conv2d (padding may be 'valid' or 'same'). Dense
+    convolutions run as im2col plus a BLAS (CPU) or cuBLAS (CUDA) matrix
+    product; depthwise ones (groups == C) run a direct kernel. The output is
+    channels_last when the input or the weight is."""
+    from ._args import conv_param
+
+    check_tensor(input, "conv2d")
+    check_tensor(weight, "conv2d", "weight")
+    device_type = input.device.type
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+        # conv2d is on autocast's lower-precision list, like F.conv2d.
+        dtype = torch.get_autocast_dtype(device_type)
+        with torch.autocast(device_type, enabled=False):
+            input, weight = input.to(dtype), weight.to(dtype)
+            bias = bias.to(dtype) if bias is not None else None
+            return conv2d(input, weight, bias, stride, padding, dilation, groups)
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding = [0, 0]
+        elif padding == "same":
+            input, padding = _same_padding(input, weight, stride, dilation)
+        else:
+            raise RuntimeError(f"Invalid padding string: '{padding}'")
+    else:
+        padding = conv_param(padding, "padding")
+    if isinstance(groups, bool) or not isinstance(groups, (int, torch.SymInt)):
+        raise TypeError(f"conv2d(): argument 'groups' must be int, not {type(groups).__name__}")
+    unbatched = input.dim() == 3
+    out = _ops.conv2d(input.unsqueeze(0) if unbatched else input, weight, bias, conv_param(stride, "stride"),
+                      padding, conv_param(dilation, "dilation"), groups)
+    return out.squeeze(0) if unbatched else out

@@ -6,7 +6,8 @@ import torch
 from . import functional as F
 from ._convert import Swap, convert  # noqa: F401
 
-__all__ = ["MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "GlobalAvgPool2d", "GlobalMaxPool2d"]
+__all__ = ["MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "GlobalAvgPool2d", "GlobalMaxPool2d",
+           "Conv2d", "convert", "Swap"]
 
 
 class MaxPool2d(torch.nn.MaxPool2d):
@@ -59,3 +60,13 @@ class GlobalMaxPool2d(torch.nn.Module):
 
     def forward(self, input):
         return F.global_max_pool2d(input, self.return_indices)
+
+
+class Conv2d(torch.nn.Conv2d):
+    __doc__ = torch.nn.Conv2d.__doc__
+
+    def _conv_forward(self, input, weight, bias):
+        if self.padding_mode != "zeros":
+            padded = torch.nn.functional.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return F.conv2d(padded, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)

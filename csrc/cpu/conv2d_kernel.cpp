@@ -1,0 +1,569 @@
+// conv2d on CPU. Dense convolutions run as im2col columns times the weight
+// through at::mm (conv_args.cpp); this file holds the column kernels and a
+// direct depthwise kernel (NCHW and NHWC) with its two backward passes.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <type_traits>
+#include <vector>
+
+#include "../conv_args.h"
+
+namespace poolops {
+namespace {
+
+constexpr int64_t kLanes = 256;  // channels (NHWC) swept together per tap
+constexpr int64_t kBlock = 16;   // NCHW outputs kept in registers across the taps
+
+inline int64_t grain_for(int64_t work_per_item) {
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_item));
+}
+
+// dst[t] = src[t * step], with the step fixed at compile time when kStep > 0.
+template <int kStep, typename T>
+inline void copy_strided(const T* src, int64_t step, T* dst, int64_t n) {
+  const int64_t st = kStep > 0 ? kStep : step;
+  for (int64_t t = 0; t < n; ++t) dst[t] = src[t * st];
+}
+
+template <typename T>
+inline void copy_any_step(const T* src, int64_t step, T* dst, int64_t n) {
+  if (step == 1) {
+    std::memcpy(dst, src, n * sizeof(T));
+  } else if (step == 2) {
+    copy_strided<2>(src, step, dst, n);
+  } else {
+    copy_strided<0>(src, step, dst, n);
+  }
+}
+
+// --- columns -----------------------------------------------------------------------------------
+
+template <typename T>
+void im2col_nchw(const T* x, T* cols, const Conv2dGeom& g) {
+  const int64_t K = g.C * g.kh * g.kw;
+  at::parallel_for(0, K, grain_for(g.ohw()), [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const int64_t j = k % g.kw;
+      const int64_t i = (k / g.kw) % g.kh;
+      const T* plane = x + (k / (g.kh * g.kw)) * g.H * g.W;
+      T* row = cols + k * g.ohw();
+      const Range rh = conv_tap_outputs(i, g.H, g.OH, g.sh, g.ph, g.dh);
+      const Range rw = conv_tap_outputs(j, g.W, g.OW, g.sw, g.pw, g.dw);
+      for (int64_t oh = 0; oh < g.OH; ++oh) {
+        T* out = row + oh * g.OW;
+        if (oh < rh.begin || oh >= rh.end || rw.empty()) {
+          std::fill(out, out + g.OW, T(0));
+          continue;
+        }
+        std::fill(out, out + rw.begin, T(0));
+        const T* src = plane + conv_source(oh, i, g.sh, g.ph, g.dh) * g.W + conv_source(rw.begin, j, g.sw, g.pw, g.dw);
+        copy_any_step(src, g.sw, out + rw.begin, rw.end - rw.begin);
+        std::fill(out + rw.end, out + g.OW, T(0));
+      }
+    }
+  });
+}
+
+template <typename T>
+void im2col_nhwc(const T* x, T* cols, const Conv2dGeom& g) {
+  const int64_t K = g.C * g.kh * g.kw;
+  const int64_t cg = g.cg();
+  at::parallel_for(0, g.ohw(), grain_for(K), [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t oh = p / g.OW, ow = p % g.OW;
+      T* row = cols + p * K;
+      for (int64_t grp = 0; grp < g.groups; ++grp) {
+        for (int64_t i = 0; i < g.kh; ++i) {
+          const int64_t h = conv_source(oh, i, g.sh, g.ph, g.dh);
+          for (int64_t j = 0; j < g.kw; ++j) {
+            const int64_t w = conv_source(ow, j, g.sw, g.pw, g.dw);
+            T* dst = row + ((grp * g.kh + i) * g.kw + j) * cg;
+            if (h < 0 || h >= g.H || w < 0 || w >= g.W) {
+              std::fill(dst, dst + cg, T(0));
+            } else {
+              std::memcpy(dst, x + (h * g.W + w) * g.C + grp * cg, cg * sizeof(T));
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+void im2col(const at::Tensor& x, const at::Tensor& cols, int64_t n, const Conv2dGeom& g, bool channels_last) {
+  AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "conv2d_im2col", [&] {
+    const scalar_t* xn = x.const_data_ptr<scalar_t>() + n * g.C * g.H * g.W;
+    scalar_t* cp = cols.mutable_data_ptr<scalar_t>();
+    channels_last ? im2col_nhwc(xn, cp, g) : im2col_nchw(xn, cp, g);
+  });
+}
+
+// NCHW: one task per input plane adds its column rows into the plane (in a
+// float scratch for half/bfloat16). Each plane belongs to one task: deterministic.
+template <typename T>
+void col2im_nchw(const T* cols, T* gin, const Conv2dGeom& g) {
+  using acc_t = at::opmath_type<T>;
+  constexpr bool kDirect = std::is_same_v<acc_t, T>;
+  const int64_t HW = g.H * g.W;
+  at::parallel_for(0, g.C, grain_for(g.kh * g.kw * g.ohw()), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> scratch(kDirect ? 0 : HW);
+    for (int64_t c = begin; c < end; ++c) {
+      acc_t* plane = kDirect ? reinterpret_cast<acc_t*>(gin + c * HW) : scratch.data();
+      std::fill(plane, plane + HW, acc_t(0));
+      for (int64_t i = 0; i < g.kh; ++i) {
+        const Range rh = conv_tap_outputs(i, g.H, g.OH, g.sh, g.ph, g.dh);
+        for (int64_t j = 0; j < g.kw; ++j) {
+          const Range rw = conv_tap_outputs(j, g.W, g.OW, g.sw, g.pw, g.dw);
+          const T* row = cols + ((c * g.kh + i) * g.kw + j) * g.ohw();
+          for (int64_t oh = rh.begin; oh < rh.end; ++oh) {
+            acc_t* dst = plane + conv_source(oh, i, g.sh, g.ph, g.dh) * g.W + conv_source(rw.begin, j, g.sw, g.pw, g.dw);
+            const T* src = row + oh * g.OW + rw.begin;
+            const int64_t n = rw.end - rw.begin;
+            for (int64_t t = 0; t < n; ++t) dst[t * g.sw] += static_cast<acc_t>(src[t]);
+          }
+        }
+      }
+      if (!kDirect) std::copy(plane, plane + HW, gin + c * HW);
+    }
+  });
+}
+
+// NHWC: one task per input pixel gathers its column entries, channels vectorised.
+template <typename T>
+void col2im_nhwc(const T* cols, T* gin, const Conv2dGeom& g) {
+  using acc_t = at::opmath_type<T>;
+  const int64_t K = g.C * g.kh * g.kw;
+  const int64_t cg = g.cg();
+  at::parallel_for(0, g.H * g.W, grain_for(g.C * 4), [&](int64_t begin, int64_t end) {
+    acc_t acc[kLanes];
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t h = p / g.W, w = p % g.W;
+      for (int64_t grp = 0; grp < g.groups; ++grp) {
+        for (int64_t c0 = 0; c0 < cg; c0 += kLanes) {
+          const int64_t cn = std::min(kLanes, cg - c0);
+          std::fill(acc, acc + cn, acc_t(0));
+          for (int64_t i = 0; i < g.kh; ++i) {
+            const int64_t oh = conv_reader(h, i, g.OH, g.sh, g.ph, g.dh);
+            if (oh < 0) continue;
+            for (int64_t j = 0; j < g.kw; ++j) {
+              const int64_t ow = conv_reader(w, j, g.OW, g.sw, g.pw, g.dw);
+              if (ow < 0) continue;
+              const T* src = cols + (oh * g.OW + ow) * K + ((grp * g.kh + i) * g.kw + j) * cg + c0;
+              for (int64_t c = 0; c < cn; ++c) acc[c] += static_cast<acc_t>(src[c]);
+            }
+          }
+          T* dst = gin + p * g.C + grp * cg + c0;
+          for (int64_t c = 0; c < cn; ++c) dst[c] = static_cast<T>(acc[c]);
+        }
+      }
+    }
+  });
+}
+
+void col2im(const at::Tensor& cols, const at::Tensor& grad_input, int64_t n, const Conv2dGeom& g,
+            bool channels_last) {
+  AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, cols.scalar_type(), "conv2d_col2im", [&] {
+    const scalar_t* cp = cols.const_data_ptr<scalar_t>();
+    scalar_t* gn = grad_input.mutable_data_ptr<scalar_t>() + n * g.C * g.H * g.W;
+    channels_last ? col2im_nhwc(cp, gn, g) : col2im_nchw(cp, gn, g);
+  });
+}
+
+// --- depthwise, NCHW -----------------------------------------------------------------------------
+//
+// A plane is first copied into a zero-padded buffer split by column phase
+// modulo the stride: padded column q goes to phase q % sw, slot q / sw. Every
+// tap of a row of outputs then reads (or, in the input backward, writes) a
+// unit-stride run of the buffer, which vectorises for any stride and needs no
+// border cases.
+struct PhaseBuffer {
+  int64_t rows, slots;  // padded rows; slots per phase row
+
+  explicit PhaseBuffer(const Conv2dGeom& g)
+      : rows(g.H + 2 * g.ph), slots((g.W + 2 * g.pw + g.sw - 1) / g.sw) {}
+  int64_t size(const Conv2dGeom& g) const { return rows * g.sw * slots; }
+  // Start of the run read by output row oh, tap (i, j): entry ow is the input
+  // (padded) at row oh*sh + i*dh, column ow*sw + j*dw.
+  int64_t tap(const Conv2dGeom& g, int64_t oh, int64_t i, int64_t j) const {
+    const int64_t r = oh * g.sh + i * g.dh;
+    const int64_t q = j * g.dw;
+    return (r * g.sw + q % g.sw) * slots + q / g.sw;
+  }
+  int64_t at(const Conv2dGeom& g, int64_t h, int64_t w) const {  // unpadded input position
+    const int64_t q = w + g.pw;
+    return ((h + g.ph) * g.sw + q % g.sw) * slots + q / g.sw;
+  }
+};
+
+template <typename T, typename acc_t>
+void fill_phase_buffer(const T* plane, acc_t* buf, const PhaseBuffer& pb, const Conv2dGeom& g) {
+  const int64_t row_len = g.sw * pb.slots;
+  std::fill(buf, buf + g.ph * row_len, acc_t(0));
+  std::fill(buf + (g.ph + g.H) * row_len, buf + pb.rows * row_len, acc_t(0));
+  for (int64_t h = 0; h < g.H; ++h) {
+    acc_t* row = buf + (h + g.ph) * row_len;
+    for (int64_t q = 0; q < g.pw; ++q) row[(q % g.sw) * pb.slots + q / g.sw] = acc_t(0);
+    for (int64_t q = g.pw + g.W; q < row_len; ++q) row[(q % g.sw) * pb.slots + q / g.sw] = acc_t(0);
+    const T* src = plane + h * g.W;
+    if (g.sw == 2) {
+      // Even and odd columns in one pass (a vectorisable load-and-split).
+      acc_t* d0 = row + (g.pw % 2) * pb.slots + g.pw / 2;
+      acc_t* d1 = row + ((g.pw + 1) % 2) * pb.slots + (g.pw + 1) / 2;
+      const int64_t pairs = g.W / 2;
+      for (int64_t t = 0; t < pairs; ++t) {
+        d0[t] = static_cast<acc_t>(src[2 * t]);
+        d1[t] = static_cast<acc_t>(src[2 * t + 1]);
+      }
+      if (g.W % 2) d0[pairs] = static_cast<acc_t>(src[g.W - 1]);
+      continue;
+    }
+    for (int64_t phase = 0; phase < g.sw; ++phase) {
+      const int64_t w0 = ((phase - g.pw) % g.sw + g.sw) % g.sw;  // first w with (w + pw) % sw == phase
+      if (w0 >= g.W) continue;
+      acc_t* dst = row + phase * pb.slots + (w0 + g.pw) / g.sw;
+      const int64_t n = (g.W - w0 + g.sw - 1) / g.sw;
+      if (g.sw == 1) {
+        for (int64_t t = 0; t < n; ++t) dst[t] = static_cast<acc_t>(src[t]);
+      } else {
+        for (int64_t t = 0; t < n; ++t) dst[t] = static_cast<acc_t>(src[w0 + g.sw * t]);
+      }
+    }
+  }
+}
+
+template <typename T>
+void depthwise_forward_nchw(const T* x, const T* wt, const T* bias, T* y, const Conv2dGeom& g) {
+  using acc_t = at::opmath_type<T>;
+  const PhaseBuffer pb(g);
+  const int64_t m = g.OC / g.C;
+  const int64_t row_step = pb.tap(g, 1, 0, 0) - pb.tap(g, 0, 0, 0);
+  std::vector<int64_t> tap_off(g.taps());
+  for (int64_t t = 0; t < g.taps(); ++t) tap_off[t] = pb.tap(g, 0, t / g.kw, t % g.kw);
+  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> buf(pb.size(g) + kBlock);  // slack for the last block's reads
+    std::vector<acc_t> wv(g.taps());
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / g.C, c = t % g.C;
+      fill_phase_buffer(x + t * g.H * g.W, buf.data(), pb, g);
+      for (int64_t r = 0; r < m; ++r) {
+        const int64_t oc = c * m + r;
+        const T* w = wt + oc * g.taps();
+        const acc_t b = bias ? static_cast<acc_t>(bias[oc]) : acc_t(0);
+        T* out = y + (n * g.OC + oc) * g.ohw();
+        for (int64_t t = 0; t < g.taps(); ++t) wv[t] = static_cast<acc_t>(w[t]);
+        for (int64_t oh = 0; oh < g.OH; ++oh) {
+          const acc_t* row = buf.data() + oh * row_step;
+          for (int64_t ow0 = 0; ow0 < g.OW; ow0 += kBlock) {
+            acc_t a[kBlock];
+            for (int64_t l = 0; l < kBlock; ++l) a[l] = b;
+            for (int64_t t = 0; t < g.taps(); ++t) {
+              const acc_t* src = row + tap_off[t] + ow0;
+              for (int64_t l = 0; l < kBlock; ++l) a[l] += wv[t] * src[l];
+            }
+            const int64_t n_out = std::min(kBlock, g.OW - ow0);
+            for (int64_t l = 0; l < n_out; ++l) out[oh * g.OW + ow0 + l] = static_cast<T>(a[l]);
+          }
+        }
+      }
+    }
+  });
+}
+
+// Input gradient: each task owns one input plane, adds every tap's
+// contribution into a phase buffer in a fixed order, then un-splits it.
+template <typename T>
+void depthwise_backward_input_nchw(const T* gout, const T* wt, T* gin, const Conv2dGeom& g) {
+  using acc_t = at::opmath_type<T>;
+  const PhaseBuffer pb(g);
+  const int64_t m = g.OC / g.C;
+  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> buf(pb.size(g));
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / g.C, c = t % g.C;
+      std::fill(buf.begin(), buf.end(), acc_t(0));
+      for (int64_t r = 0; r < m; ++r) {
+        const int64_t oc = c * m + r;
+        const T* w = wt + oc * g.taps();
+        const T* go = gout + (n * g.OC + oc) * g.ohw();
+        for (int64_t oh = 0; oh < g.OH; ++oh) {
+          const T* grow = go + oh * g.OW;
+          for (int64_t i = 0; i < g.kh; ++i) {
+            for (int64_t j = 0; j < g.kw; ++j) {
+              const acc_t wv = static_cast<acc_t>(w[i * g.kw + j]);
+              acc_t* dst = buf.data() + pb.tap(g, oh, i, j);
+              for (int64_t ow = 0; ow < g.OW; ++ow) dst[ow] += wv * static_cast<acc_t>(grow[ow]);
+            }
+          }
+        }
+      }
+      T* plane = gin + t * g.H * g.W;
+      for (int64_t h = 0; h < g.H; ++h) {
+        for (int64_t w = 0; w < g.W; ++w) plane[h * g.W + w] = static_cast<T>(buf[pb.at(g, h, w)]);
+      }
+    }
+  });
+}
+
+// A dot product summed in fixed lanes (vectorised, same order every run).
+template <typename T, typename acc_t>
+inline acc_t lane_dot(const T* a, const acc_t* b, int64_t n) {
+  constexpr int64_t L = 16;
+  acc_t lanes[L] = {};
+  int64_t t = 0;
+  for (; t + L <= n; t += L) {
+    for (int64_t l = 0; l < L; ++l) lanes[l] += static_cast<acc_t>(a[t + l]) * b[t + l];
+  }
+  for (; t < n; ++t) lanes[t % L] += static_cast<acc_t>(a[t]) * b[t];
+  acc_t s = acc_t(0);
+  for (int64_t l = 0; l < L; ++l) s += lanes[l];
+  return s;
+}
+
+// Weight gradient: per (image, channel) partial sums, then a sum over images in
+// image order, so the result does not depend on the thread count.
+template <typename T>
+void depthwise_backward_weight_nchw(const T* gout, const T* x, T* gw, const Conv2dGeom& g) {
+  using acc_t = at::opmath_type<T>;
+  const PhaseBuffer pb(g);
+  const int64_t m = g.OC / g.C;
+  const int64_t taps = g.taps();
+  std::vector<acc_t> partial(g.N * g.OC * taps);
+  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> buf(pb.size(g));
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / g.C, c = t % g.C;
+      fill_phase_buffer(x + t * g.H * g.W, buf.data(), pb, g);
+      for (int64_t r = 0; r < m; ++r) {
+        const int64_t oc = c * m + r;
+        const T* go = gout + (n * g.OC + oc) * g.ohw();
+        acc_t* part = partial.data() + (n * g.OC + oc) * taps;
+        for (int64_t i = 0; i < g.kh; ++i) {
+          for (int64_t j = 0; j < g.kw; ++j) {
+            acc_t s = acc_t(0);
+            for (int64_t oh = 0; oh < g.OH; ++oh) s += lane_dot(go + oh * g.OW, buf.data() + pb.tap(g, oh, i, j), g.OW);
+            part[i * g.kw + j] = s;
+          }
+        }
+      }
+    }
+  });
+  at::parallel_for(0, g.OC * taps, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t e = begin; e < end; ++e) {
+      acc_t s = acc_t(0);
+      for (int64_t n = 0; n < g.N; ++n) s += partial[n * g.OC * taps + e];
+      gw[e] = static_cast<T>(s);
+    }
+  });
+}
+
+// --- depthwise, NHWC (channel multiplier 1) -------------------------------------------------------
+// The weight is passed transposed to (kh*kw, C) so each tap is a channel vector.
+
+// One task per output row: each tap adds its weight vector times a run of
+// input pixels into the row's accumulators (channels innermost, contiguous).
+template <typename T>
+void depthwise_forward_nhwc(const T* x, const T* wtc, const T* bias, T* y, const Conv2dGeom& g) {
+  using acc_t = at::opmath_type<T>;
+  constexpr bool kDirect = std::is_same_v<acc_t, T>;
+  const int64_t C = g.C;
+  std::vector<acc_t> wv(g.taps() * C);
+  for (int64_t e = 0; e < g.taps() * C; ++e) wv[e] = static_cast<acc_t>(wtc[e]);
+  at::parallel_for(0, g.N * g.OH, grain_for(g.OW * C * g.taps()), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> scratch(kDirect ? 0 : g.OW * C);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / g.OH, oh = row % g.OH;
+      acc_t* acc = kDirect ? reinterpret_cast<acc_t*>(y + row * g.OW * C) : scratch.data();
+      for (int64_t ow = 0; ow < g.OW; ++ow) {
+        for (int64_t c = 0; c < C; ++c) acc[ow * C + c] = bias ? static_cast<acc_t>(bias[c]) : acc_t(0);
+      }
+      for (int64_t i = 0; i < g.kh; ++i) {
+        const int64_t h = conv_source(oh, i, g.sh, g.ph, g.dh);
+        if (h < 0 || h >= g.H) continue;
+        const T* xrow = x + (n * g.H + h) * g.W * C;
+        for (int64_t j = 0; j < g.kw; ++j) {
+          const Range rw = conv_tap_outputs(j, g.W, g.OW, g.sw, g.pw, g.dw);
+          const acc_t* w = wv.data() + (i * g.kw + j) * C;
+          for (int64_t ow = rw.begin; ow < rw.end; ++ow) {
+            const T* src = xrow + conv_source(ow, j, g.sw, g.pw, g.dw) * C;
+            acc_t* dst = acc + ow * C;
+            for (int64_t c = 0; c < C; ++c) dst[c] += w[c] * static_cast<acc_t>(src[c]);
+          }
+        }
+      }
+      if (!kDirect) std::copy(acc, acc + g.OW * C, y + row * g.OW * C);
+    }
+  });
+}
+
+template <typename T>
+void depthwise_backward_input_nhwc(const T* gout, const T* wtc, T* gin, const Conv2dGeom& g) {
+  using acc_t = at::opmath_type<T>;
+  const int64_t C = g.C;
+  at::parallel_for(0, g.N * g.H, grain_for(g.W * C * g.taps()), [&](int64_t begin, int64_t end) {
+    acc_t acc[kLanes];
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / g.H, h = row % g.H;
+      const T* gn = gout + n * g.ohw() * C;
+      for (int64_t w = 0; w < g.W; ++w) {
+        T* dst = gin + (row * g.W + w) * C;
+        for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
+          const int64_t cn = std::min(kLanes, C - c0);
+          std::fill(acc, acc + cn, acc_t(0));
+          for (int64_t i = 0; i < g.kh; ++i) {
+            const int64_t oh = conv_reader(h, i, g.OH, g.sh, g.ph, g.dh);
+            if (oh < 0) continue;
+            for (int64_t j = 0; j < g.kw; ++j) {
+              const int64_t ow = conv_reader(w, j, g.OW, g.sw, g.pw, g.dw);
+              if (ow < 0) continue;
+              const T* src = gn + (oh * g.OW + ow) * C + c0;
+              const T* wv = wtc + (i * g.kw + j) * C + c0;
+              for (int64_t c = 0; c < cn; ++c) acc[c] += static_cast<acc_t>(wv[c]) * static_cast<acc_t>(src[c]);
+            }
+          }
+          for (int64_t c = 0; c < cn; ++c) dst[c0 + c] = static_cast<T>(acc[c]);
+        }
+      }
+    }
+  });
+}
+
+// Per-image partial sums (taps, C), then a sum over images in image order.
+template <typename T>
+void depthwise_backward_weight_nhwc(const T* gout, const T* x, T* gw, const Conv2dGeom& g) {
+  using acc_t = at::opmath_type<T>;
+  const int64_t C = g.C;
+  const int64_t taps = g.taps();
+  std::vector<acc_t> partial(g.N * taps * C, acc_t(0));
+  at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      const T* xn = x + n * g.H * g.W * C;
+      acc_t* part = partial.data() + n * taps * C;
+      for (int64_t oh = 0; oh < g.OH; ++oh) {
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          const T* go = gout + ((n * g.OH + oh) * g.OW + ow) * C;
+          for (int64_t i = 0; i < g.kh; ++i) {
+            const int64_t h = conv_source(oh, i, g.sh, g.ph, g.dh);
+            if (h < 0 || h >= g.H) continue;
+            for (int64_t j = 0; j < g.kw; ++j) {
+              const int64_t w = conv_source(ow, j, g.sw, g.pw, g.dw);
+              if (w < 0 || w >= g.W) continue;
+              const T* src = xn + (h * g.W + w) * C;
+              acc_t* dst = part + (i * g.kw + j) * C;
+              for (int64_t c = 0; c < C; ++c) dst[c] += static_cast<acc_t>(go[c]) * static_cast<acc_t>(src[c]);
+            }
+          }
+        }
+      }
+    }
+  });
+  at::parallel_for(0, taps * C, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t e = begin; e < end; ++e) {
+      acc_t s = acc_t(0);
+      for (int64_t n = 0; n < g.N; ++n) s += partial[n * taps * C + e];
+      const int64_t t = e / C, c = e % C;
+      gw[c * taps + t] = static_cast<T>(s);
+    }
+  });
+}
+
+// The NHWC kernels take one output channel per input channel; a depthwise
+// conv with a channel multiplier runs the NCHW kernels on converted copies.
+bool nhwc_kernels_apply(const Conv2dGeom& g, bool channels_last) { return channels_last && g.OC == g.C; }
+
+at::Tensor taps_by_channel(const at::Tensor& weight, const Conv2dGeom& g) {
+  return weight.view({g.OC, g.taps()}).t().contiguous();
+}
+
+void depthwise_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& out,
+                       const Conv2dGeom& g, bool channels_last) {
+  if (channels_last && !nhwc_kernels_apply(g, channels_last)) {
+    const at::Tensor tmp = at::empty(out.sizes(), out.options());
+    depthwise_forward(x.contiguous(), weight, bias, tmp, g, false);
+    out.copy_(tmp);
+    return;
+  }
+  AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "conv2d_depthwise", [&] {
+    const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
+    if (channels_last) {
+      const at::Tensor wtc = taps_by_channel(weight, g);
+      depthwise_forward_nhwc(x.const_data_ptr<scalar_t>(), wtc.const_data_ptr<scalar_t>(), b,
+                             out.mutable_data_ptr<scalar_t>(), g);
+    } else {
+      depthwise_forward_nchw(x.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(), b,
+                             out.mutable_data_ptr<scalar_t>(), g);
+    }
+  });
+}
+
+void depthwise_backward_input(const at::Tensor& gout, const at::Tensor& weight, const at::Tensor& gin,
+                              const Conv2dGeom& g, bool channels_last) {
+  if (channels_last && !nhwc_kernels_apply(g, channels_last)) {
+    const at::Tensor tmp = at::empty(gin.sizes(), gin.options());
+    depthwise_backward_input(gout.contiguous(), weight, tmp, g, false);
+    gin.copy_(tmp);
+    return;
+  }
+  AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, gout.scalar_type(), "conv2d_depthwise_backward_input", [&] {
+    if (channels_last) {
+      const at::Tensor wtc = taps_by_channel(weight, g);
+      depthwise_backward_input_nhwc(gout.const_data_ptr<scalar_t>(), wtc.const_data_ptr<scalar_t>(),
+                                    gin.mutable_data_ptr<scalar_t>(), g);
+    } else {
+      depthwise_backward_input_nchw(gout.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+                                    gin.mutable_data_ptr<scalar_t>(), g);
+    }
+  });
+}
+
+void depthwise_backward_weight(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& gw, const Conv2dGeom& g,
+                               bool channels_last) {
+  if (channels_last && !nhwc_kernels_apply(g, channels_last)) {
+    depthwise_backward_weight(gout.contiguous(), x.contiguous(), gw, g, false);
+    return;
+  }
+  AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, gout.scalar_type(), "conv2d_depthwise_backward_weight", [&] {
+    const scalar_t* gp = gout.const_data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* wp = gw.mutable_data_ptr<scalar_t>();
+    channels_last ? depthwise_backward_weight_nhwc(gp, xp, wp, g) : depthwise_backward_weight_nchw(gp, xp, wp, g);
+  });
+}
+
+const ConvKernels kCpuKernels{&im2col, &col2im, &depthwise_forward, &depthwise_backward_input,
+                              &depthwise_backward_weight, /*parallel_images=*/true};
+
+at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  return run_conv2d(input, weight, bias, stride, padding, dilation, groups, kCpuKernels);
+}
+
+at::Tensor conv2d_backward_input_cpu(const at::Tensor& grad_output, const at::Tensor& weight,
+                                     at::IntArrayRef input_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                     at::IntArrayRef dilation, int64_t groups) {
+  return run_conv2d_backward_input(grad_output, weight, input_size, stride, padding,
+                                   dilation, groups, kCpuKernels);
+}
+
+at::Tensor conv2d_backward_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
+                                      at::IntArrayRef weight_size, at::IntArrayRef stride,
+                                      at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  return run_conv2d_backward_weight(grad_output, input, weight_size, stride, padding,
+                                    dilation, groups, kCpuKernels);
+}
+
+}  // namespace
+}  // namespace poolops
+
+TORCH_LIBRARY_IMPL(poolops, CPU, m) {
+  m.impl("conv2d", &poolops::conv2d_cpu);
+  m.impl("_conv2d_backward_input", &poolops::conv2d_backward_input_cpu);
+  m.impl("_conv2d_backward_weight", &poolops::conv2d_backward_weight_cpu);
+}

@@ -1,0 +1,346 @@
+import itertools
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import poolops
+import poolops.functional as P
+from poolops import _reference as ref
+
+from common import needs_cuda
+
+ops = torch.ops.poolops
+
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-12, atol=1e-12),
+       torch.bfloat16: dict(rtol=2e-2, atol=5e-2)}
+
+
+def make(n, c, h, w, oc, groups, k, dtype=torch.float64, layout=torch.contiguous_format, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    kh, kw = (k, k) if isinstance(k, int) else k
+    x = torch.randn(n, c, h, w, generator=g).to(dtype).contiguous(memory_format=layout)
+    wt = (torch.randn(oc, c // groups, kh, kw, generator=g) / (c // groups * kh * kw) ** 0.5).to(dtype)
+    b = torch.randn(oc, generator=g).to(dtype) if bias else None
+    return x, wt, b
+
+
+def pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def outcome(fn):
+    try:
+        return fn()
+    except (RuntimeError, ValueError, TypeError) as e:
+        return type(e)
+
+
+# --- F.1 shapes ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("H,k,s,p,d", [(7, 3, 2, 1, 1), (8, 3, 2, 1, 1), (8, 2, 3, 0, 1), (9, 3, 2, 0, 2), (5, 5, 2, 2, 1),
+                                       (6, 3, 2, 5, 1)])
+def test_named_shapes(H, k, s, p, d):
+    x, w, b = make(2, 4, H, H + 1, 6, 1, k)
+    assert P.conv2d(x, w, b, s, p, d).shape == F.conv2d(x, w, b, s, p, d).shape
+
+
+def test_shape_sweep_matches_torch_including_errors():
+    """Every (L, k, s, p, d) in a small grid: same shape and values, or the same error type."""
+    checked = 0
+    for L, k, s, p, d in itertools.product(range(1, 9), range(1, 4), range(1, 4), range(0, 3), range(1, 3)):
+        x, w, b = make(1, 2, L, 3, 3, 1, (k, 1))
+        mine = outcome(lambda: P.conv2d(x, w, b, (s, 1), (p, 0), (d, 1)))
+        theirs = outcome(lambda: F.conv2d(x, w, b, (s, 1), (p, 0), (d, 1)))
+        if isinstance(theirs, type):
+            assert mine is theirs, (L, k, s, p, d)
+            continue
+        torch.testing.assert_close(mine, theirs, **TOL[torch.float64])
+        checked += 1
+    assert checked > 200
+
+
+# --- F.2 values ---------------------------------------------------------------------------------
+
+# (C, OC, groups, kernel, stride, padding, dilation)
+GRID = [
+    (4, 6, 1, 3, 2, 1, 1), (4, 6, 2, 3, 2, 1, 1), (6, 6, 6, 3, 2, 1, 1), (4, 8, 4, 3, 2, 1, 2), (6, 8, 1, 1, 2, 0, 1),
+    (6, 8, 1, 1, 1, 0, 1), (5, 5, 5, 3, 1, 1, 1), (3, 5, 1, 2, 3, 0, 1), (4, 4, 4, 5, 2, 2, 1), (4, 6, 2, (3, 2), (2, 3), (1, 0), (2, 1)),
+    (8, 16, 8, 3, 2, 1, 1), (6, 6, 3, 3, 3, 4, 1), (2, 4, 1, 4, 2, 1, 3), (17, 17, 17, 3, 2, 1, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_values_vs_torch_and_reference(dtype, layout):
+    for cfg, bias in itertools.product(GRID, (True, False)):
+        C, OC, groups, k, s, p, d = cfg
+        x, w, b = make(2, C, 11, 10, OC, groups, k, dtype, layout, bias)
+        y = P.conv2d(x, w, b, s, p, d, groups)
+        yt = F.conv2d(x, w, b, s, p, d, groups)
+        assert y.shape == yt.shape and y.dtype == yt.dtype
+        assert y.is_contiguous(memory_format=layout), cfg
+        torch.testing.assert_close(y, yt, **TOL[dtype], msg=str(cfg))
+        if dtype != torch.bfloat16:
+            r = ref.conv2d(x, w, b, pair(s), pair(p), pair(d), groups)
+            torch.testing.assert_close(y.double(), r, **TOL[dtype], msg=str(cfg))
+
+
+def test_layout_follows_torch():
+    """channels_last out when the input or the weight is channels_last."""
+    x, w, b = make(2, 4, 9, 9, 6, 1, 3, torch.float32)
+    xc, wc = x.contiguous(memory_format=torch.channels_last), w.contiguous(memory_format=torch.channels_last)
+    for a, ww in [(x, w), (xc, w), (x, wc), (xc, wc)]:
+        assert P.conv2d(a, ww, b, 2, 1).stride() == F.conv2d(a, ww, b, 2, 1).stride()
+
+
+def test_unbatched_and_noncontiguous_inputs():
+    x, w, b = make(1, 4, 9, 8, 6, 2, 3)
+    torch.testing.assert_close(P.conv2d(x[0], w, b, 2, 1, 1, 2), F.conv2d(x[0], w, b, 2, 1, 1, 2))
+    xt = make(2, 4, 8, 9, 6, 1, 3)[0].transpose(2, 3)
+    w1 = make(1, 4, 3, 3, 6, 1, 3)[1]
+    torch.testing.assert_close(P.conv2d(xt, w1, None, 2), F.conv2d(xt, w1, None, 2))
+    torch.testing.assert_close(P.conv2d(xt[:, ::2], w1[:, ::2], None, 2), F.conv2d(xt[:, ::2], w1[:, ::2], None, 2))
+
+
+def test_integer_and_empty_inputs():
+    x = torch.randint(-3, 4, (2, 4, 7, 7))
+    w = torch.randint(-3, 4, (6, 4, 3, 3))
+    assert torch.equal(P.conv2d(x, w, None, 2, 1), F.conv2d(x, w, None, 2, 1))
+    x, w, b = make(0, 4, 9, 9, 6, 1, 3)
+    assert P.conv2d(x, w, b, 2).shape == F.conv2d(x, w, b, 2).shape == (0, 6, 4, 4)
+    # C == 0: poolops returns the bias broadcast over (N, OC, OH, OW); torch's
+    # "Empty" backend returns a tensor with 0 channels instead.
+    x, w, b = make(2, 0, 5, 5, 3, 1, 3)
+    torch.testing.assert_close(P.conv2d(x, w, b), b.view(1, 3, 1, 1).expand(2, 3, 3, 3))
+
+
+def test_padding_strings():
+    x, w, b = make(2, 4, 9, 10, 6, 1, 3)
+    torch.testing.assert_close(P.conv2d(x, w, b, padding="valid"), F.conv2d(x, w, b, padding="valid"))
+    for k, d in [(3, 1), (2, 1), (4, 1), (2, 2), ((2, 3), (1, 2)), ((4, 1), (3, 1))]:
+        x, w, b = make(2, 4, 9, 10, 6, 1, k)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            y = P.conv2d(x, w, b, 1, "same", d)
+            yt = F.conv2d(x, w, b, 1, "same", d)
+        assert y.shape[-2:] == x.shape[-2:]
+        torch.testing.assert_close(y, yt, **TOL[torch.float64])
+    with pytest.warns(UserWarning, match="zero-padded copy"):
+        P.conv2d(x, make(1, 4, 2, 2, 6, 1, 2)[1], None, 1, "same")
+    x.requires_grad_()
+    w = make(1, 4, 2, 2, 6, 1, 2)[1].requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert torch.autograd.gradcheck(lambda a, ww: P.conv2d(a, ww, None, 1, "same"), (x[:1, :, :5, :5], w))
+
+
+def test_avg_pool_identity():
+    """avg_pool 2x2 stride 2 is a depthwise conv with a 2x2 stride-2 kernel of weights 1/4."""
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(2, 5, 10, 9).contiguous(memory_format=layout)
+        w = torch.full((5, 1, 2, 2), 0.25)
+        torch.testing.assert_close(P.conv2d(x, w, None, 2, groups=5), F.avg_pool2d(x, 2, 2), rtol=1e-6, atol=1e-6)
+
+
+# --- F.3 errors ---------------------------------------------------------------------------------
+
+ERRORS = [
+    (dict(stride=2, padding="same"), RuntimeError, "padding='same' is not supported for strided convolutions"),
+    (dict(stride=(1, 2), padding="same"), RuntimeError, "padding='same' is not supported for strided convolutions"),
+    (dict(padding="foo"), RuntimeError, "Invalid padding string: 'foo'"),
+    (dict(stride=0), RuntimeError, "non-positive stride is not supported"),
+    (dict(padding=-1), RuntimeError, "negative padding is not supported"),
+    (dict(dilation=0), RuntimeError, r"dilation should be greater than zero, but got \[0, 0\]"),
+    (dict(groups=0), RuntimeError, "non-positive groups is not supported"),
+    (dict(groups=2), RuntimeError, r"Given groups=2, weight of size \[4, 4, 3, 3\], expected input\[1, 4, 9, 9\] to "
+     r"have 8 channels, but got 4 channels instead"),
+    (dict(groups=3), RuntimeError, "expected weight to be divisible by 3 at dimension 0"),
+    (dict(stride=(1, 2, 3)), RuntimeError, "expected stride to be a single integer value or a list of 2 values"),
+    (dict(padding=(1, 2, 3)), RuntimeError, "expected padding to be a single integer value or a list of 2 values"),
+    (dict(stride=1.5), TypeError, r"conv2d\(\)"),
+]
+
+
+@pytest.mark.parametrize("kwargs,exc,pattern", ERRORS)
+def test_errors_match_torch(kwargs, exc, pattern):
+    x, w = torch.randn(1, 4, 9, 9), torch.randn(4, 4, 3, 3)
+    with pytest.raises(exc, match=pattern):
+        P.conv2d(x, w, **kwargs)
+    with pytest.raises(exc, match=pattern):
+        F.conv2d(x, w, **kwargs)
+
+
+@pytest.mark.parametrize("args,pattern", [
+    ((torch.randn(1, 4, 9, 9), torch.randn(4, 4, 12, 12)),
+     r"Calculated padded input size per channel: \(9 x 9\). Kernel size: \(12 x 12\). Kernel size can't be greater "
+     "than actual input size"),
+    ((torch.randn(1, 4, 9, 9).double(), torch.randn(4, 4, 3, 3)), "expected scalar type Double but found Float"),
+    ((torch.randn(1, 4, 9, 9), torch.randn(4, 4, 3, 3).double()), "expected scalar type Float but found Double"),
+    ((torch.randn(9, 9), torch.randn(4, 4, 3, 3)),
+     r"Expected 3D \(unbatched\) or 4D \(batched\) input to conv2d, but got input of size: \[9, 9\]"),
+    ((torch.randn(1, 4, 9, 9), torch.randn(4, 4, 3, 3), torch.zeros(5)),
+     r"expected bias to be 1-dimensional with 4 elements, but got bias of size \[5\] instead"),
+    ((torch.randn(1, 4, 9, 9), torch.randn(4, 4, 3, 3), torch.zeros(4).double()),
+     r"Input type \(float\) and bias type \(double\) should be the same"),
+    ((torch.randn(1, 4, 9, 9), torch.randn(4, 1, 3, 3), None, 1, 0, 1, 8), "expected weight to be at least 8"),
+])
+def test_tensor_errors_match_torch(args, pattern):
+    with pytest.raises(RuntimeError, match=pattern):
+        P.conv2d(*args)
+    with pytest.raises(RuntimeError, match=pattern):
+        F.conv2d(*args)
+
+
+def test_errors_are_raised_under_fake_tensors_too():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x, w = torch.randn(1, 4, 9, 9), torch.randn(4, 4, 3, 3)
+        assert P.conv2d(x, w, None, 2, 1).shape == (1, 4, 5, 5)
+        with pytest.raises(RuntimeError, match="expected input"):
+            P.conv2d(x, w, groups=2)
+        with pytest.raises(RuntimeError, match="Kernel size can't be greater"):
+            P.conv2d(x, torch.randn(4, 4, 12, 12))
+        with pytest.raises(RuntimeError, match="expected scalar type Float but found Double"):
+            P.conv2d(x, w.double())
+        with pytest.raises(RuntimeError, match=r"Input type \(float\) and bias type \(double\)"):
+            P.conv2d(x, w, torch.zeros(4, dtype=torch.float64))
+
+
+# --- F.5 backward -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_backward_vs_torch(layout, dtype):
+    for C, OC, groups, k, s, p, d in GRID:
+        x, w, b = make(2, C, 11, 10, OC, groups, k, dtype, layout)
+        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        leaves_t = [t.clone().requires_grad_() for t in (x, w, b)]
+        y = P.conv2d(*leaves, s, p, d, groups)
+        yt = F.conv2d(*leaves_t, s, p, d, groups)
+        go = torch.randn_like(yt)
+        got = torch.autograd.grad(y, leaves, go)
+        want = torch.autograd.grad(yt, leaves_t, go)
+        for a, e in zip(got, want):
+            torch.testing.assert_close(a, e, **TOL[dtype], msg=str((C, OC, groups, k, s, p, d)))
+        assert got[0].is_contiguous(memory_format=layout)
+
+
+def test_backward_identities_and_uncovered_rows():
+    """grad_input is conv_transpose2d with the computed output_padding; rows the forward never reads get 0."""
+    for C, OC, groups, k, s, p, d in [(4, 6, 2, 3, 3, 0, 2), (4, 4, 4, 3, 2, 0, 1), (4, 6, 1, 2, 3, 0, 1)]:
+        x, w, _ = make(2, C, 12, 11, OC, groups, k)
+        go = torch.randn_like(F.conv2d(x, w, None, s, p, d, groups))
+        gi = ops._conv2d_backward_input(go, w, list(x.shape), [s, s], [p, p], [d, d], groups)
+        op = [x.shape[i] + 2 * p - d * (w.shape[i] - 1) - 1 - (go.shape[i] - 1) * s for i in (2, 3)]
+        torch.testing.assert_close(gi, F.conv_transpose2d(go, w, None, s, p, op, groups, d))
+        gw = ops._conv2d_backward_weight(go, x, list(w.shape), [s, s], [p, p], [d, d], groups)
+        torch.testing.assert_close(gw, torch.nn.grad.conv2d_weight(x, w.shape, go, s, p, d, groups))
+        if op[0] > 0:
+            assert gi[:, :, -op[0]:].abs().max() == 0
+
+
+def test_backward_is_deterministic():
+    for groups, layout in itertools.product((1, 4), (torch.contiguous_format, torch.channels_last)):
+        x, w, _ = make(4, 4, 15, 14, 8, groups, 3, torch.float32, layout)
+        go = torch.randn_like(F.conv2d(x, w, None, 2, 1, 1, groups))
+        runs = [(ops._conv2d_backward_input(go, w, list(x.shape), [2, 2], [1, 1], [1, 1], groups),
+                 ops._conv2d_backward_weight(go, x, list(w.shape), [2, 2], [1, 1], [1, 1], groups)) for _ in range(2)]
+        assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+@pytest.mark.parametrize("cfg", [(4, 6, 1, 3, 2, 1, 1), (4, 6, 2, 3, 2, 1, 2), (3, 6, 3, 3, 2, 1, 1), (2, 2, 2, (2, 3), (3, 2), (0, 1), 1),
+                                 (4, 4, 1, 1, 2, 0, 1)])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_gradcheck_and_gradgradcheck(cfg, layout):
+    C, OC, groups, k, s, p, d = cfg
+    x, w, b = make(2, C, 7, 6, OC, groups, k, torch.float64, layout)
+    args = [t.requires_grad_() for t in (x, w, b)]
+    f = lambda a, ww, bb: P.conv2d(a, ww, bb, s, p, d, groups)  # noqa: E731
+    assert torch.autograd.gradcheck(f, args)
+    assert torch.autograd.gradgradcheck(f, args)
+
+
+# --- registration, compile ----------------------------------------------------------------------
+
+def _opcheck_samples():
+    x, w, b = make(2, 4, 9, 8, 6, 2, 3, torch.float32)
+    yield ops.conv2d, (x, w, b, [2, 2], [1, 1], [1, 1], 2)
+    yield ops.conv2d, (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), [2, 1], [0, 1], [1, 2], 2)
+    xc = make(2, 4, 9, 8, 4, 4, 3, torch.float64, torch.channels_last)[0].requires_grad_()
+    wd = make(2, 4, 9, 8, 8, 4, 3, torch.float64)[1].requires_grad_()
+    yield ops.conv2d, (xc, wd, None, [2, 2], [1, 1], [1, 1], 4)
+    yield ops.conv2d, (xc, make(2, 4, 9, 8, 5, 1, 1, torch.float64)[1], None, [2, 2], [0, 0], [1, 1], 1)
+    go = torch.randn(2, 6, 5, 4)
+    yield ops._conv2d_backward_input, (go, w.detach(), list(x.shape), [2, 2], [1, 1], [1, 1], 2)
+    yield ops._conv2d_backward_input, (go.double().requires_grad_(), make(1, 4, 1, 1, 6, 2, 3)[1].requires_grad_(),
+                                       [2, 4, 9, 8], [2, 2], [1, 1], [1, 1], 2)
+    yield ops._conv2d_backward_weight, (go, x.detach(), list(w.shape), [2, 2], [1, 1], [1, 1], 2)
+    yield ops._conv2d_backward_weight, (go.double().requires_grad_(),
+                                        make(2, 4, 9, 8, 6, 2, 3, torch.float64, torch.channels_last)[0].requires_grad_(),
+                                        [6, 2, 3, 3], [2, 2], [1, 1], [1, 1], 2)
+
+
+@pytest.mark.parametrize("op,args", list(_opcheck_samples()))
+def test_opcheck(op, args):
+    torch.library.opcheck(op, args)
+
+
+def test_compile_fullgraph():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(poolops.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.ReLU(),
+                              poolops.nn.Conv2d(8, 8, 3, 2, 1, groups=8, padding_mode="reflect"),
+                              poolops.nn.Conv2d(8, 4, 1, bias=False))
+    x = torch.randn(2, 3, 16, 16)
+    compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), net(x))
+    compiled(x).sum().backward()
+    grads = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    net(x).sum().backward()
+    for a, b in zip(grads, [p.grad for p in net.parameters()]):
+        torch.testing.assert_close(a, b)
+    f = torch.compile(lambda t, w: P.conv2d(t, w, None, 2, 1), backend="aot_eager", fullgraph=True, dynamic=True)
+    w = torch.randn(4, 2, 3, 3)
+    for shape in [(1, 2, 8, 8), (3, 2, 11, 7)]:
+        t = torch.randn(shape)
+        torch.testing.assert_close(f(t, w), F.conv2d(t, w, None, 2, 1))
+
+
+# --- CUDA ---------------------------------------------------------------------------------------
+
+@needs_cuda
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_cuda_matches_torch_cuda(layout, dtype):
+    for cfg in GRID:
+        C, OC, groups, k, s, p, d = cfg
+        x, w, b = make(2, C, 11, 10, OC, groups, k, dtype, layout)
+        leaves = [t.cuda().requires_grad_() for t in (x, w, b)]
+        leaves_t = [t.cuda().requires_grad_() for t in (x, w, b)]
+        y = P.conv2d(*leaves, s, p, d, groups)
+        yt = F.conv2d(*leaves_t, s, p, d, groups)
+        tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else TOL[dtype]
+        torch.testing.assert_close(y, yt, **tol, msg=str(cfg))
+        go = torch.randn_like(yt)
+        for a, e in zip(torch.autograd.grad(y, leaves, go), torch.autograd.grad(yt, leaves_t, go)):
+            torch.testing.assert_close(a, e, **tol, msg=str(cfg))
+
+
+@needs_cuda
+def test_cuda_gradgradcheck_deterministic_and_empty():
+    x, w, b = make(2, 4, 7, 6, 4, 4, 3, torch.float64)
+    args = [t.cuda().requires_grad_() for t in (x, w, b)]
+    assert torch.autograd.gradgradcheck(lambda a, ww, bb: P.conv2d(a, ww, bb, 2, 1, 1, 4), args)
+    x, w, b = make(2, 4, 7, 6, 6, 2, 3, torch.float64)
+    args = [t.cuda().requires_grad_() for t in (x, w, b)]
+    assert torch.autograd.gradgradcheck(lambda a, ww, bb: P.conv2d(a, ww, bb, 2, 1, 1, 2), args)
+    x, w, _ = make(4, 8, 33, 31, 8, 8, 3, torch.float32)
+    x, w = x.cuda(), w.cuda()
+    go = torch.randn_like(F.conv2d(x, w, None, 2, 1, 1, 8))
+    a = [ops._conv2d_backward_weight(go, x, list(w.shape), [2, 2], [1, 1], [1, 1], 8) for _ in range(2)]
+    assert torch.equal(a[0], a[1])
+    assert P.conv2d(torch.empty(0, 4, 9, 9, device="cuda"), torch.randn(6, 4, 3, 3, device="cuda")).shape == (0, 6, 7, 7)
