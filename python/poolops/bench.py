@@ -1,11 +1,15 @@
 """Benchmark every poolops op against torch's native op, side by side.
 
-    python -m poolops.bench [--quick] [--device cpu|cuda|all] [--ops max_pool2d,...]
-                            [--dtypes float32,bfloat16] [--out results.json]
+    python -m poolops.bench [--quick] [--device cpu|cuda|all] [--ops max_pool2d,conv2d]
+                            [--dtypes float32,bfloat16] [--layouts NCHW,NHWC] [--no-sweep] [--out PREFIX]
 
-Prints a table of median times, the speedup over torch (measured in the same
-run), the achieved GB/s from the minimum bytes moved, and the largest difference
-from torch's result; saves everything as JSON.
+For each op, shape (from real networks), layout, dtype and pass (forward,
+backward) it prints torch's and poolops' median times measured in the same run,
+the speedup, the GB/s achieved from the minimum bytes moved and its share of
+the copy bandwidth measured in the same run, the bytes autograd saves for the
+backward (torch vs poolops), and the largest difference from torch's result.
+A sweep of input sizes shows how time grows with size. Writes PREFIX.json,
+PREFIX.md and PREFIX.png (default benchmarks/results/latest-<devices>).
 """
 from __future__ import annotations
 
@@ -31,56 +35,77 @@ class Case:
     op: str
     name: str  # where the shape comes from
     shape: tuple
-    mine: Callable  # x -> output (tensor or tuple, first element is compared)
+    mine: Callable  # x -> output (a tensor, or a tuple whose first element is compared)
     theirs: Callable
-    out_bytes: Callable  # (x, output) -> bytes written by the forward, indices included
-    with_backward: bool = True
+    out_bytes: Callable  # (x, y) -> bytes the forward writes (indices included)
+    backward: bool = True
 
 
-def _elt(x):
-    return x.numel() * x.element_size()
+def _elt(t):
+    return t.numel() * t.element_size()
 
 
-def _max(args, indices=False):
-    def out_bytes(x, y):
-        return _elt(y) + (y.numel() * 8 if indices else 0)
+def _values(x, y):
+    return _elt(y)
 
-    mine = (lambda x: P.max_pool2d(x, *args, return_indices=True)) if indices else (lambda x: P.max_pool2d(x, *args))
-    theirs = (lambda x: F.max_pool2d(x, *args, return_indices=True)) if indices else (lambda x: F.max_pool2d(x, *args))
-    return mine, theirs, out_bytes
+
+def _values_and_indices(x, y):
+    return _elt(y) + 8 * y.numel()
+
+
+def _pool(op, mine, theirs, out_bytes=_values):
+    return dict(mine=mine, theirs=theirs, out_bytes=out_bytes)
+
+
+def _conv(cin, cout, k, s, p, groups):
+    """Conv cases use one fixed weight per device, dtype and layout."""
+    weights = {}
+
+    def weight(x):
+        key = (x.device, x.dtype, x.is_contiguous(memory_format=torch.channels_last))
+        if key not in weights:
+            w = torch.randn(cout, cin // groups, k, k, generator=torch.Generator().manual_seed(0))
+            weights[key] = (w / (cin // groups * k * k) ** 0.5).to(x.device, x.dtype)
+        return weights[key]
+
+    return dict(mine=lambda x: P.conv2d(x, weight(x), None, s, p, 1, groups),
+                theirs=lambda x: F.conv2d(x, weight(x), None, s, p, 1, groups), out_bytes=_values)
 
 
 def cases(quick: bool) -> list[Case]:
-    shapes = {
-        "ResNet stem maxpool 3/2/1": ((32, 64, 112, 112) if not quick else (8, 64, 112, 112), (3, 2, 1)),
-        "ResNet stem maxpool 3/2/1, N=1": ((1, 64, 112, 112), (3, 2, 1)),
-        "VGG maxpool 2/2": ((16, 128, 112, 112) if not quick else (4, 128, 112, 112), (2, 2, 0)),
-        "VGG late maxpool 2/2": ((32, 512, 28, 28) if not quick else (8, 512, 28, 28), (2, 2, 0)),
-    }
-    out = []
-    for name, (shape, args) in shapes.items():
-        out.append(Case("max_pool2d", name, shape, *_max(args)))
-        out.append(Case("max_pool2d+indices", name, shape, *_max(args, indices=True), with_backward=False))
-    out_elt = lambda x, y: _elt(y)  # noqa: E731
-    with_idx = lambda x, y: _elt(y) + y.numel() * 8  # noqa: E731
-    avg = {
-        "DenseNet transition avgpool 2/2": ((32, 256, 56, 56) if not quick else (4, 256, 56, 56), (2, 2, 0)),
-        "avgpool 3/2/1": ((32, 64, 56, 56) if not quick else (8, 64, 56, 56), (3, 2, 1)),
-    }
-    for name, (shape, args) in avg.items():
-        out.append(Case("avg_pool2d", name, shape, lambda x, a=args: P.avg_pool2d(x, *a),
-                        lambda x, a=args: F.avg_pool2d(x, *a), out_elt))
-    head = (32, 2048, 7, 7) if not quick else (8, 2048, 7, 7)
-    out.append(Case("global_avg_pool2d", "ResNet-50 head GAP", head, P.global_avg_pool2d,
-                    lambda x: F.adaptive_avg_pool2d(x, 1), out_elt))
-    out.append(Case("global_max_pool2d", "ResNet-50 head global max", head, P.global_max_pool2d,
-                    lambda x: F.adaptive_max_pool2d(x, 1), with_idx))
-    adaptive = (32, 512, 14, 14) if not quick else (8, 512, 14, 14)
-    out.append(Case("adaptive_avg_pool2d", "VGG head adaptive avg 7", adaptive, lambda x: P.adaptive_avg_pool2d(x, 7),
-                    lambda x: F.adaptive_avg_pool2d(x, 7), out_elt))
-    out.append(Case("adaptive_max_pool2d", "adaptive max 7", adaptive, lambda x: P.adaptive_max_pool2d(x, 7),
-                    lambda x: F.adaptive_max_pool2d(x, 7), with_idx))
-    return out
+    n = 8 if quick else 32
+    stem = (n, 64, 112, 112)
+    c = [
+        Case("max_pool2d", "ResNet stem maxpool 3/2/1", stem,
+             **_pool("max", lambda x: P.max_pool2d(x, 3, 2, 1), lambda x: F.max_pool2d(x, 3, 2, 1))),
+        Case("max_pool2d", "ResNet stem maxpool 3/2/1, N=1", (1, 64, 112, 112),
+             **_pool("max", lambda x: P.max_pool2d(x, 3, 2, 1), lambda x: F.max_pool2d(x, 3, 2, 1))),
+        Case("max_pool2d+indices", "ResNet stem maxpool 3/2/1", stem, backward=False,
+             **_pool("max", lambda x: P.max_pool2d(x, 3, 2, 1, return_indices=True),
+                     lambda x: F.max_pool2d(x, 3, 2, 1, return_indices=True), _values_and_indices)),
+        Case("max_pool2d", "VGG maxpool 2/2", (n // 2, 128, 112, 112),
+             **_pool("max", lambda x: P.max_pool2d(x, 2), lambda x: F.max_pool2d(x, 2))),
+        Case("max_pool2d", "VGG late maxpool 2/2", (n, 512, 28, 28),
+             **_pool("max", lambda x: P.max_pool2d(x, 2), lambda x: F.max_pool2d(x, 2))),
+        Case("avg_pool2d", "DenseNet transition avgpool 2/2", (n, 256, 56, 56),
+             **_pool("avg", lambda x: P.avg_pool2d(x, 2), lambda x: F.avg_pool2d(x, 2))),
+        Case("avg_pool2d", "avgpool 3/2/1", (n, 64, 56, 56),
+             **_pool("avg", lambda x: P.avg_pool2d(x, 3, 2, 1), lambda x: F.avg_pool2d(x, 3, 2, 1))),
+        Case("global_avg_pool2d", "ResNet-50 head GAP", (n, 2048, 7, 7),
+             **_pool("gap", P.global_avg_pool2d, lambda x: F.adaptive_avg_pool2d(x, 1))),
+        Case("global_max_pool2d", "ResNet-50 head global max", (n, 2048, 7, 7),
+             **_pool("gmp", P.global_max_pool2d, lambda x: F.adaptive_max_pool2d(x, 1))),
+        Case("adaptive_avg_pool2d", "VGG head adaptive avg 7", (n, 512, 14, 14),
+             **_pool("aap", lambda x: P.adaptive_avg_pool2d(x, 7), lambda x: F.adaptive_avg_pool2d(x, 7))),
+        Case("adaptive_max_pool2d", "adaptive max 7", (n, 512, 14, 14),
+             **_pool("amp", lambda x: P.adaptive_max_pool2d(x, 7), lambda x: F.adaptive_max_pool2d(x, 7))),
+        Case("conv2d", "MobileNet depthwise 3x3 s2", (n, 96, 112, 112) if not quick else (n, 96, 56, 56),
+             **_conv(96, 96, 3, 2, 1, 96)),
+        Case("conv2d", "ResNet 3x3 s2 64->128", (n, 64, 56, 56), **_conv(64, 128, 3, 2, 1, 1)),
+        Case("conv2d", "ResNet 1x1 s2 256->512", (n, 256, 56, 56) if not quick else (n, 256, 28, 28),
+             **_conv(256, 512, 1, 2, 0, 1)),
+    ]
+    return c
 
 
 def _first(y):
@@ -92,121 +117,186 @@ def _median_ms(fn, min_run_time):
 
 
 def copy_bandwidth(device, min_run_time):
-    """GB/s of a large same-device copy (bytes read + written), the roofline."""
+    """GB/s of a large same-device copy (bytes read + written): the roofline."""
     src = torch.empty(64 * 2**20 // 4, device=device)
     dst = torch.empty_like(src)
-    ms = _median_ms(lambda: dst.copy_(src), min_run_time)
-    return 2 * _elt(src) / ms / 1e6
+    return 2 * _elt(src) / _median_ms(lambda: dst.copy_(src), min_run_time) / 1e6
+
+
+def saved_bytes(fn, x):
+    """Bytes autograd keeps for the backward of fn(x), not counting x itself."""
+    seen = []
+
+    def pack(t):
+        if t.data_ptr() != x.data_ptr():
+            seen.append(_elt(t))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = _first(fn(x))
+    return sum(seen), y
 
 
 def run_case(case, device, dtype, layout, mode, min_run_time):
     x = torch.randn(case.shape, device=device).to(dtype).contiguous(memory_format=layout)
+    row = dict(op=case.op, case=case.name, shape=list(case.shape), device=device, dtype=str(dtype)[6:],
+               layout="NHWC" if layout == torch.channels_last else "NCHW", mode=mode)
     if mode == "forward":
         with torch.no_grad():
-            y_mine, y_theirs = case.mine(x), case.theirs(x)
+            y_mine, y_theirs = _first(case.mine(x)), _first(case.theirs(x))
             t_mine = _median_ms(lambda: case.mine(x), min_run_time)
             t_theirs = _median_ms(lambda: case.theirs(x), min_run_time)
-        moved = _elt(x) + case.out_bytes(x, _first(y_mine))
-        diff = (_first(y_mine).double() - _first(y_theirs).double()).abs().nan_to_num().max().item()
+        moved = _elt(x) + case.out_bytes(x, y_mine)
+        diff = (y_mine.double() - y_theirs.double()).abs().nan_to_num().max().item()
     else:
         xm, xt = x.clone().requires_grad_(), x.clone().requires_grad_()
-        ym, yt = _first(case.mine(xm)), _first(case.theirs(xt))
+        row["saved_mine"], ym = saved_bytes(case.mine, xm)
+        row["saved_torch"], yt = saved_bytes(case.theirs, xt)
         g = torch.randn_like(ym)
         t_mine = _median_ms(lambda: torch.autograd.grad(ym, xm, g, retain_graph=True), min_run_time)
         t_theirs = _median_ms(lambda: torch.autograd.grad(yt, xt, g, retain_graph=True), min_run_time)
         gm = torch.autograd.grad(ym, xm, g, retain_graph=True)[0]
         gt = torch.autograd.grad(yt, xt, g, retain_graph=True)[0]
-        moved = _elt(g) + case.out_bytes(x, g) - _elt(g) + _elt(g) + _elt(x)  # grad_out + saved state + grad_in
+        moved = _elt(g) + row["saved_mine"] + _elt(x)  # read grad_out and the saved state, write grad_in
         diff = (gm.double() - gt.double()).abs().max().item()
-    return dict(op=case.op, case=case.name, shape=list(case.shape), device=device, dtype=str(dtype).replace("torch.", ""),
-                layout="NHWC" if layout == torch.channels_last else "NCHW", mode=mode, torch_ms=t_theirs,
-                poolops_ms=t_mine, speedup=t_theirs / t_mine, gbps=moved / t_mine / 1e6, max_abs_diff=diff)
+    row.update(torch_ms=t_theirs, poolops_ms=t_mine, speedup=t_theirs / t_mine, gbps=moved / t_mine / 1e6,
+               max_abs_diff=diff)
+    return row
+
+
+def sweep(device, dtype, min_run_time, quick):
+    """max_pool2d 3/2/1 forward over growing inputs (NCHW and NHWC)."""
+    rows = []
+    for hw in ([28, 56, 112] if quick else [14, 28, 56, 112, 224]):
+        case = Case("max_pool2d", f"sweep {hw}x{hw}", (8, 64, hw, hw),
+                    **_pool("max", lambda x: P.max_pool2d(x, 3, 2, 1), lambda x: F.max_pool2d(x, 3, 2, 1)))
+        for layout in (torch.contiguous_format, torch.channels_last):
+            rows.append(run_case(case, device, dtype, layout, "forward", min_run_time))
+    return rows
+
+
+def _kb(n):
+    return "" if n is None else f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
 def format_table(rows, copy_gbps):
-    head = ["device", "op", "mode", "case", "layout", "dtype", "torch ms", "poolops ms", "speedup", "GB/s", "% copy", "max |diff|"]
+    head = ["device", "op", "pass", "case", "layout", "dtype", "torch ms", "poolops ms", "speedup", "GB/s", "% copy",
+            "saved torch/poolops", "max |diff|"]
     lines = [head]
     for r in rows:
+        saved = f"{_kb(r['saved_torch'])} / {_kb(r['saved_mine'])}" if "saved_mine" in r else ""
         lines.append([r["device"], r["op"], r["mode"], r["case"], r["layout"], r["dtype"], f"{r['torch_ms']:.3f}",
                       f"{r['poolops_ms']:.3f}", f"{r['speedup']:.2f}x", f"{r['gbps']:.1f}",
-                      f"{100 * r['gbps'] / copy_gbps[r['device']]:.0f}%", f"{r['max_abs_diff']:.1e}"])
+                      f"{100 * r['gbps'] / copy_gbps[r['device']]:.0f}%", saved, f"{r['max_abs_diff']:.1e}"])
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    fmt = lambda line: "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |"  # noqa: E731
+
+    def fmt(line):
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |"
+
     return "\n".join([fmt(lines[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(l) for l in lines[1:]])
+
+
+def plot(rows, sweep_rows, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot", file=sys.stderr)
+        return None
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(16, max(4, 0.28 * len(rows))), gridspec_kw={"width_ratios": [3, 2]})
+    labels = [f"{r['op']} {r['mode'][:3]} {r['case']} {r['layout']} {r['dtype']} ({r['device']})" for r in rows]
+    ys = range(len(rows))
+    ax.barh(ys, [r["speedup"] for r in rows], color=["tab:green" if r["speedup"] >= 1 else "tab:red" for r in rows])
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_yticks(list(ys), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("speedup over torch (same run; > 1 is faster)")
+    for layout in ("NCHW", "NHWC"):
+        pts = [r for r in sweep_rows if r["layout"] == layout]
+        if pts:
+            size = [r["shape"][0] * r["shape"][1] * r["shape"][2] * r["shape"][3] for r in pts]
+            bx.plot(size, [r["poolops_ms"] for r in pts], "o-", label=f"poolops {layout}")
+            bx.plot(size, [r["torch_ms"] for r in pts], "x--", label=f"torch {layout}")
+    bx.set_xscale("log")
+    bx.set_yscale("log")
+    bx.set_xlabel("input elements (max_pool2d 3/2/1 forward)")
+    bx.set_ylabel("median ms")
+    bx.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller shapes, shorter timing (a smoke run)")
     ap.add_argument("--device", default="all", choices=["all", "cpu", "cuda"])
-    ap.add_argument("--ops", default="", help="comma-separated op names to run (default: all)")
+    ap.add_argument("--ops", default="", help="comma-separated op names (default: all)")
     ap.add_argument("--dtypes", default="float32")
     ap.add_argument("--layouts", default="NCHW,NHWC")
+    ap.add_argument("--passes", default="forward,backward")
+    ap.add_argument("--no-sweep", action="store_true", help="skip the size sweep")
     ap.add_argument("--min-run-time", type=float, default=None, help="seconds per measurement")
-    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/latest-<device>.json)")
+    ap.add_argument("--out", default=None, help="output prefix (default benchmarks/results/latest-<devices>)")
     args = ap.parse_args(argv)
 
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
     layouts = [{"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}[l] for l in args.layouts.split(",")]
+    passes = args.passes.split(",")
     wanted = set(filter(None, args.ops.split(",")))
     selected = [c for c in cases(args.quick) if not wanted or c.op in wanted or c.op.split("+")[0] in wanted]
     min_run_time = args.min_run_time or (0.05 if args.quick else 0.3)
 
     jobs = [(c, dev, dt, lay, mode) for dev in devices for c in selected for lay in layouts for dt in dtypes
-            for mode in (["forward", "backward"] if c.with_backward else ["forward"])]
+            for mode in passes if mode == "forward" or c.backward]
     copy_gbps = {dev: copy_bandwidth(dev, min_run_time) for dev in devices}
     rows = []
     for n, (c, dev, dt, lay, mode) in enumerate(jobs, 1):
         print(f"[{n}/{len(jobs)}] {dev} {c.op} {mode} {c.name} {tuple(c.shape)} "
               f"{'NHWC' if lay == torch.channels_last else 'NCHW'} {str(dt)[6:]}", file=sys.stderr, flush=True)
         rows.append(run_case(c, dev, dt, lay, mode, min_run_time))
+    sweep_rows = []
+    if not args.no_sweep and (not wanted or "max_pool2d" in wanted):
+        for dev in devices:
+            print(f"sweep on {dev}", file=sys.stderr, flush=True)
+            sweep_rows += sweep(dev, dtypes[0], min_run_time, args.quick)
 
     meta = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), torch=torch.__version__,
                 poolops=poolops.__version__, python=platform.python_version(), machine=platform.machine(),
-                cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
+                cpu=_cpu_name(), threads=torch.get_num_threads(),
                 gpu=torch.cuda.get_device_name() if "cuda" in devices else None, copy_gbps=copy_gbps)
-    out = args.out or os.path.join("benchmarks", "results", f"latest-{'-'.join(devices)}.json")
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(dict(meta=meta, results=rows), f, indent=1)
-    print(f"\npoolops {poolops.__version__} vs torch {torch.__version__}; {torch.get_num_threads()} CPU threads; "
-          f"copy bandwidth " + ", ".join(f"{d} {g:.1f} GB/s" for d, g in copy_gbps.items()))
-    print(format_table(rows, copy_gbps))
-    print(f"\nsaved {out}")
+    prefix = args.out or os.path.join("benchmarks", "results", f"latest-{'-'.join(devices)}")
+    prefix = prefix[:-5] if prefix.endswith(".json") else prefix
+    os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
+    with open(prefix + ".json", "w") as f:
+        json.dump(dict(meta=meta, results=rows, sweep=sweep_rows), f, indent=1)
+    header = (f"poolops {poolops.__version__} vs torch {torch.__version__}, {meta['date']}; {meta['cpu']}, "
+              f"{meta['threads']} CPU threads" + (f"; {meta['gpu']}" if meta["gpu"] else "") + "; copy bandwidth "
+              + ", ".join(f"{d} {g:.1f} GB/s" for d, g in copy_gbps.items()))
+    table = format_table(rows, copy_gbps)
+    sweep_table = format_table(sweep_rows, copy_gbps) if sweep_rows else ""
+    with open(prefix + ".md", "w") as f:
+        f.write(f"{header}\n\n{table}\n" + (f"\nSize sweep:\n\n{sweep_table}\n" if sweep_table else ""))
+    png = plot(rows, sweep_rows, prefix + ".png")
+    print(f"\n{header}")
+    if sweep_table:
+        print(f"\nSize sweep:\n{sweep_table}")
+    print(f"\n{table}")
+    print(f"\nsaved {prefix}.json, {prefix}.md" + (f", {png}" if png else ""))
     return rows
 
 
-# --- conv2d: appended cases (the weights are fixed per case; the timed input is x) ---
-
-def _conv(cin, cout, k, s, p, groups):
-    g = torch.Generator().manual_seed(0)
-    weights = {}
-
-    def weight(x):
-        key = (x.device, x.dtype, x.is_contiguous(memory_format=torch.channels_last))
-        if key not in weights:
-            w = torch.randn(cout, cin // groups, k, k, generator=g) / (cin // groups * k * k) ** 0.5
-            weights[key] = w.to(x.device, x.dtype)
-        return weights[key]
-
-    mine = lambda x: P.conv2d(x, weight(x), None, s, p, 1, groups)  # noqa: E731
-    theirs = lambda x: F.conv2d(x, weight(x), None, s, p, 1, groups)  # noqa: E731
-    return mine, theirs, lambda x, y: _elt(y)
-
-
-_max_pool_cases = cases
-
-
-def cases(quick: bool) -> list[Case]:  # noqa: F811
-    n = 8 if quick else 32
-    conv = [
-        ("MobileNet depthwise 3x3 s2", (n, 96, 112, 112) if not quick else (n, 96, 56, 56), (96, 96, 3, 2, 1, 96)),
-        ("ResNet 3x3 s2 64->128", (n, 64, 56, 56), (64, 128, 3, 2, 1, 1)),
-        ("ResNet 1x1 s2 256->512", (n, 256, 56, 56) if not quick else (n, 256, 28, 28), (256, 512, 1, 2, 0, 1)),
-    ]
-    return _max_pool_cases(quick) + [Case("conv2d", name, shape, *_conv(*args)) for name, shape, args in conv]
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":
