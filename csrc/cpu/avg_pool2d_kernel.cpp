@@ -7,14 +7,13 @@
 #include <algorithm>
 #include <cstdint>
 #include <optional>
+#include <vector>
 
 #include "../pool_args.h"
 #include "cpu_loops.h"
 
 namespace poolops {
 namespace {
-
-constexpr int64_t kLanes = 256;  // channels accumulated together in NHWC
 
 AvgPoolOpts opts_of(bool count_include_pad, std::optional<int64_t> divisor_override) {
   return {count_include_pad, divisor_override.value_or(0)};
@@ -64,15 +63,29 @@ void forward_nhwc(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
   });
 }
 
-// One gradient per input element, walked in memory order.
+// Every input element sums grad / divisor of the windows holding it, the
+// quotient taken once per output as ATen's CPU scatter does.
 template <typename scalar_t>
 void backward(const scalar_t* gout, scalar_t* gin, const Pool2dGeom& g, const AvgPoolOpts& opt, bool channels_last) {
   using acc_t = at::opmath_type<scalar_t>;
-  const Strides4 so = strides_for(g.C, g.OH, g.OW, channels_last);
-  for_each_element(g.N, g.C, g.H, g.W, channels_last, std::max<int64_t>(1, 16384 / (g.kh * g.kw)),
-                   [&](int64_t n, int64_t c, int64_t h, int64_t w, int64_t i) {
-    gin[i] = static_cast<scalar_t>(
-        avg_pool_grad_gather<scalar_t, acc_t>(gout + n * so.n + c * so.c, so.h, so.w, g, opt, h, w));
+  std::vector<AvgWindow> wh(g.OH), ww(g.OW);
+  std::vector<Range> rows(g.OH), cols(g.OW);
+  for (int64_t oh = 0; oh < g.OH; ++oh) {
+    wh[oh] = avg_pool_window(oh, g.H, g.kh, g.sh, g.ph);
+    rows[oh] = wh[oh].taps;
+  }
+  for (int64_t ow = 0; ow < g.OW; ++ow) {
+    ww[ow] = avg_pool_window(ow, g.W, g.kw, g.sw, g.pw);
+    cols[ow] = ww[ow].taps;
+  }
+  std::vector<acc_t> divisors(g.OH * g.OW);
+  for (int64_t oh = 0; oh < g.OH; ++oh) {
+    for (int64_t ow = 0; ow < g.OW; ++ow) {
+      divisors[oh * g.OW + ow] = static_cast<acc_t>(avg_pool_divisor(wh[oh], ww[ow], opt));
+    }
+  }
+  window_avg_backward(gout, gin, g, rows, cols, channels_last, [&](int64_t oh, int64_t ow) {
+    return Divisor<acc_t, false>{divisors[oh * g.OW + ow], acc_t(1)};
   });
 }
 
