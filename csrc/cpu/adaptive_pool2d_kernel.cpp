@@ -16,12 +16,21 @@
 namespace poolops {
 namespace {
 
-// The windows of every output row and column.
+// The windows of every output row and column, and the average's divisors
+// (the window height and width, divided by in turn as ATen does).
+template <typename acc_t>
 struct AdaptiveWindows {
   std::vector<Range> rows, cols;
-  explicit AdaptiveWindows(const Pool2dGeom& g) : rows(g.OH), cols(g.OW) {
-    for (int64_t oh = 0; oh < g.OH; ++oh) rows[oh] = adaptive_window(oh, g.H, g.OH);
-    for (int64_t ow = 0; ow < g.OW; ++ow) cols[ow] = adaptive_window(ow, g.W, g.OW);
+  std::vector<ExactDiv<acc_t>> kh, kw;
+  explicit AdaptiveWindows(const Pool2dGeom& g) : rows(g.OH), cols(g.OW), kh(g.OH), kw(g.OW) {
+    for (int64_t oh = 0; oh < g.OH; ++oh) {
+      rows[oh] = adaptive_window(oh, g.H, g.OH);
+      kh[oh] = ExactDiv<acc_t>(static_cast<acc_t>(rows[oh].end - rows[oh].begin));
+    }
+    for (int64_t ow = 0; ow < g.OW; ++ow) {
+      cols[ow] = adaptive_window(ow, g.W, g.OW);
+      kw[ow] = ExactDiv<acc_t>(static_cast<acc_t>(cols[ow].end - cols[ow].begin));
+    }
   }
 };
 
@@ -54,41 +63,79 @@ void for_each_output_pixel(const scalar_t* x, const Pool2dGeom& g, const PixelFn
 template <typename scalar_t>
 void avg_forward(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, bool channels_last) {
   using acc_t = at::opmath_type<scalar_t>;
-  const AdaptiveWindows win(g);
+  const AdaptiveWindows<acc_t> win(g);
   if (channels_last) {
     for_each_output_pixel(x, g, [&](const scalar_t* xn, int64_t oh, int64_t ow, int64_t p) {
-      const Range rh = win.rows[oh], rw = win.cols[ow];
-      const acc_t kh = static_cast<acc_t>(rh.end - rh.begin), kw = static_cast<acc_t>(rw.end - rw.begin);
-      nhwc_window_sum(xn, g.W, g.C, g.C, rh, rw, y + p * g.C, [&](acc_t sum) { return sum / kh / kw; });
+      const ExactDiv<acc_t> kh = win.kh[oh], kw = win.kw[ow];
+      nhwc_window_sum(xn, g.W, g.C, g.C, win.rows[oh], win.cols[ow], y + p * g.C,
+                      [&](acc_t sum) { return kw(kh(sum)); });
     });
     return;
   }
   for_each_output_row(x, g, [&](const scalar_t* plane, int64_t oh, int64_t r) {
-    const Range rh = win.rows[oh];
-    const acc_t kh = static_cast<acc_t>(rh.end - rh.begin);
     for (int64_t ow = 0; ow < g.OW; ++ow) {
-      const Range rw = win.cols[ow];
-      const acc_t sum = window_sum<scalar_t, acc_t>(plane, g.W, 1, rh, rw);
-      y[r * g.OW + ow] = static_cast<scalar_t>(sum / kh / static_cast<acc_t>(rw.end - rw.begin));
+      const acc_t sum = window_sum<scalar_t, acc_t>(plane, g.W, 1, win.rows[oh], win.cols[ow]);
+      y[r * g.OW + ow] = static_cast<scalar_t>(win.kw[ow](win.kh[oh](sum)));
     }
   });
+}
+
+// One tap of n outputs whose inputs lie `step` apart (kStep > 0 fixes it),
+// branch-free so that it vectorises.
+template <int kStep, typename scalar_t, typename acc_t, typename index_t>
+inline void strided_max_tap(const scalar_t* src, int64_t step, int64_t n, acc_t* best, index_t* arg, index_t pos) {
+  const int64_t st = kStep > 0 ? kStep : step;
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t v = static_cast<acc_t>(src[j * st]);
+    const bool take = max_pool_takes(v, best[j]);
+    best[j] = take ? v : best[j];
+    arg[j] = take ? static_cast<index_t>(pos + j * st) : arg[j];
+  }
 }
 
 template <typename scalar_t, typename index_t>
 void max_forward(const scalar_t* x, scalar_t* y, int64_t* idx, const Pool2dGeom& g, bool channels_last) {
   using acc_t = at::opmath_type<scalar_t>;
-  const AdaptiveWindows win(g);
+  const AdaptiveWindows<acc_t> win(g);
   if (channels_last) {
     for_each_output_pixel(x, g, [&](const scalar_t* xn, int64_t oh, int64_t ow, int64_t p) {
       nhwc_window_max<scalar_t, index_t>(xn, g.W, g.C, g.C, win.rows[oh], win.cols[ow], y + p * g.C, idx + p * g.C);
     });
     return;
   }
+  // NCHW with equal windows along W (W % OW == 0): windows of width k at
+  // stride k, swept tap by tap across the row, each output still seeing its
+  // taps in row-major order. Otherwise the shared scalar scan per output.
+  const int64_t k = g.W % g.OW == 0 ? g.W / g.OW : 0;
   for_each_output_row(x, g, [&](const scalar_t* plane, int64_t oh, int64_t r) {
-    for (int64_t ow = 0; ow < g.OW; ++ow) {
-      acc_t best;
-      max_pool_scan(plane, g.W, int64_t(1), g.W, win.rows[oh], win.cols[ow], 1, 1, best, idx[r * g.OW + ow]);
-      y[r * g.OW + ow] = static_cast<scalar_t>(best);
+    const Range rh = win.rows[oh];
+    if (k == 0) {
+      for (int64_t ow = 0; ow < g.OW; ++ow) {
+        acc_t best;
+        max_pool_scan(plane, g.W, int64_t(1), g.W, rh, win.cols[ow], 1, 1, best, idx[r * g.OW + ow]);
+        y[r * g.OW + ow] = static_cast<scalar_t>(best);
+      }
+      return;
+    }
+    acc_t best[kLanes];
+    index_t arg[kLanes];
+    for (int64_t c0 = 0; c0 < g.OW; c0 += kLanes) {
+      const int64_t n = std::min(kLanes, g.OW - c0);
+      for (int64_t j = 0; j < n; ++j) {
+        best[j] = lowest_value<acc_t>();
+        arg[j] = static_cast<index_t>(rh.begin * g.W + (c0 + j) * k);
+      }
+      for (int64_t h = rh.begin; h < rh.end; ++h) {
+        for (int64_t t = 0; t < k; ++t) {
+          const int64_t pos = h * g.W + c0 * k + t;
+          k == 2 ? strided_max_tap<2>(plane + pos, k, n, best, arg, static_cast<index_t>(pos))
+                 : strided_max_tap<0>(plane + pos, k, n, best, arg, static_cast<index_t>(pos));
+        }
+      }
+      for (int64_t j = 0; j < n; ++j) {
+        y[r * g.OW + c0 + j] = static_cast<scalar_t>(best[j]);
+        idx[r * g.OW + c0 + j] = arg[j];
+      }
     }
   });
 }
@@ -132,12 +179,9 @@ at::Tensor adaptive_avg_pool2d_backward_cpu(const at::Tensor& grad_output, at::I
                                  bool cl) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gout.scalar_type(), "adaptive_avg_pool2d_backward", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const AdaptiveWindows win(g);
+      const AdaptiveWindows<acc_t> win(g);
       window_avg_backward(gout.const_data_ptr<scalar_t>(), gin.mutable_data_ptr<scalar_t>(), g, win.rows, win.cols, cl,
-                          [&](int64_t oh, int64_t ow) {
-        return Divisor<acc_t, true>{static_cast<acc_t>(win.rows[oh].end - win.rows[oh].begin),
-                                    static_cast<acc_t>(win.cols[ow].end - win.cols[ow].begin)};
-      });
+                          [&](int64_t oh, int64_t ow) { return Divisor<acc_t, true>{win.kh[oh], win.kw[ow]}; });
     });
   });
 }
@@ -153,7 +197,7 @@ at::Tensor adaptive_max_pool2d_backward_cpu(const at::Tensor& grad_output, const
                              [&](const at::Tensor& gout, const at::Tensor& idx, const at::Tensor& gin,
                                  const Pool2dGeom& g, bool cl) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gout.scalar_type(), "adaptive_max_pool2d_backward", [&] {
-      const AdaptiveWindows win(g);
+      const AdaptiveWindows<at::opmath_type<scalar_t>> win(g);
       indexed_max_backward(gout.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(),
                            gin.mutable_data_ptr<scalar_t>(), g, win.rows, win.cols, cl);
     });

@@ -78,14 +78,14 @@ void backward(const scalar_t* gout, scalar_t* gin, const Pool2dGeom& g, const Av
     ww[ow] = avg_pool_window(ow, g.W, g.kw, g.sw, g.pw);
     cols[ow] = ww[ow].taps;
   }
-  std::vector<acc_t> divisors(g.OH * g.OW);
+  std::vector<ExactDiv<acc_t>> divisors(g.OH * g.OW);
   for (int64_t oh = 0; oh < g.OH; ++oh) {
     for (int64_t ow = 0; ow < g.OW; ++ow) {
-      divisors[oh * g.OW + ow] = static_cast<acc_t>(avg_pool_divisor(wh[oh], ww[ow], opt));
+      divisors[oh * g.OW + ow] = ExactDiv<acc_t>(static_cast<acc_t>(avg_pool_divisor(wh[oh], ww[ow], opt)));
     }
   }
   window_avg_backward(gout, gin, g, rows, cols, channels_last, [&](int64_t oh, int64_t ow) {
-    return Divisor<acc_t, false>{divisors[oh * g.OW + ow], acc_t(1)};
+    return Divisor<acc_t, false>{divisors[oh * g.OW + ow], {}};
   });
 }
 

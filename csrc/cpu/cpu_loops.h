@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -50,11 +51,25 @@ struct AccBuffer {
   }
 };
 
+// x / d for a fixed divisor d. When d is a power of two, x * (1 / d) is the
+// same correctly rounded quotient, so the division is replaced by a multiply.
+template <typename acc_t>
+struct ExactDiv {
+  acc_t d, inv;
+  bool by_mul;
+  ExactDiv() = default;
+  explicit ExactDiv(acc_t divisor) : d(divisor), inv(acc_t(1) / divisor) {
+    int e;
+    by_mul = std::abs(std::frexp(divisor, &e)) == acc_t(0.5) && std::isnormal(inv);
+  }
+  acc_t operator()(acc_t x) const { return by_mul ? x * inv : x / d; }
+};
+
 // Divides a gradient by one output's divisor, or by two in turn (adaptive avg).
 template <typename acc_t, bool kTwo>
 struct Divisor {
-  acc_t a, b;
-  acc_t apply(acc_t g) const { return kTwo ? g / a / b : g / a; }
+  ExactDiv<acc_t> a, b;
+  acc_t apply(acc_t g) const { return kTwo ? b(a(g)) : a(g); }
 };
 
 // Backward of a window average: grad_input[i] is the sum, over the outputs o

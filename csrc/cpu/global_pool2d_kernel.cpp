@@ -41,22 +41,23 @@ void reduce_nhwc(const scalar_t* x, scalar_t* y, int64_t* idx, const Pool2dGeom&
   });
 }
 
-// Sum of a contiguous plane in kParts interleaved partial sums (which the
-// compiler keeps in vector registers), combined at the end.
+// Sum of a contiguous plane: kParts interleaved partial sums (which the
+// compiler keeps in vector registers) combined pairwise, then the tail.
 template <typename scalar_t>
 at::opmath_type<scalar_t> plane_sum(const scalar_t* x, int64_t n) {
   using acc_t = at::opmath_type<scalar_t>;
-  constexpr int64_t kParts = 32;
+  constexpr int64_t kParts = 16;
   acc_t part[kParts] = {};
   int64_t i = 0;
   for (; i + kParts <= n; i += kParts) {
     for (int64_t j = 0; j < kParts; ++j) part[j] += static_cast<acc_t>(x[i + j]);
   }
-  for (int64_t j = 0; i + j < n; ++j) part[j] += static_cast<acc_t>(x[i + j]);
   for (int64_t width = kParts / 2; width > 0; width /= 2) {
     for (int64_t j = 0; j < width; ++j) part[j] += part[j + width];
   }
-  return part[0];
+  acc_t sum = part[0];
+  for (; i < n; ++i) sum += static_cast<acc_t>(x[i]);
+  return sum;
 }
 
 template <typename scalar_t, bool kMax>
