@@ -46,7 +46,7 @@ void reduce_nhwc(const scalar_t* x, scalar_t* y, int64_t* idx, const Pool2dGeom&
 template <typename scalar_t>
 at::opmath_type<scalar_t> plane_sum(const scalar_t* x, int64_t n) {
   using acc_t = at::opmath_type<scalar_t>;
-  constexpr int64_t kParts = 16;
+  constexpr int64_t kParts = 8;
   acc_t part[kParts] = {};
   int64_t i = 0;
   for (; i + kParts <= n; i += kParts) {
