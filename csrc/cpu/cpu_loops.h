@@ -228,18 +228,21 @@ void nhwc_window_max(const scalar_t* xn, int64_t W, int64_t C, int64_t channels,
   }
 }
 
-// Window sum of m channels of one NHWC image in row-major tap order, then
-// finish(sum) stored; kB as in nhwc_window_max_block.
+// Window sum of m channels of one NHWC image over a non-empty window in
+// row-major tap order, then finish(sum) stored; kB as in nhwc_window_max_block.
 template <int kB, typename scalar_t, typename Finish>
 inline void nhwc_window_sum_block(const scalar_t* xn, int64_t W, int64_t C, Range rh, Range rw, int64_t m,
                                   scalar_t* y, const Finish& finish) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int64_t kCap = kB > 0 ? kB : kLanes;
   if (kB > 0) m = kB;
+  // The sums start at 0 + the first tap (not a separate zero fill, which the
+  // compiler turns into a slow memset of the register block).
   acc_t acc[kCap];
-  for (int64_t j = 0; j < m; ++j) acc[j] = acc_t(0);
+  const scalar_t* first = xn + (rh.begin * W + rw.begin) * C;
+  for (int64_t j = 0; j < m; ++j) acc[j] = acc_t(0) + static_cast<acc_t>(first[j]);
   for (int64_t h = rh.begin; h < rh.end; ++h) {
-    for (int64_t w = rw.begin; w < rw.end; ++w) {
+    for (int64_t w = h == rh.begin ? rw.begin + 1 : rw.begin; w < rw.end; ++w) {
       const scalar_t* src = xn + (h * W + w) * C;
       for (int64_t j = 0; j < m; ++j) acc[j] += static_cast<acc_t>(src[j]);
     }
