@@ -40,25 +40,18 @@ void forward_nhwc(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.C * g.kh * g.kw));
   at::parallel_for(0, g.N * g.OH * g.OW, grain, [&](int64_t begin, int64_t end) {
-    acc_t acc[kLanes];
     for (int64_t p = begin; p < end; ++p) {
       const int64_t ow = p % g.OW;
       const int64_t oh = (p / g.OW) % g.OH;
       const scalar_t* xn = x + (p / (g.OW * g.OH)) * g.H * g.W * g.C;
       const AvgWindow wh = avg_pool_window(oh, g.H, g.kh, g.sh, g.ph);
       const AvgWindow ww = avg_pool_window(ow, g.W, g.kw, g.sw, g.pw);
-      const acc_t div = static_cast<acc_t>(avg_pool_divisor(wh, ww, opt));
-      for (int64_t c0 = 0; c0 < g.C; c0 += kLanes) {
-        const int64_t n = std::min(kLanes, g.C - c0);
-        std::fill(acc, acc + n, acc_t(0));
-        for (int64_t h = wh.taps.begin; h < wh.taps.end; ++h) {
-          for (int64_t w = ww.taps.begin; w < ww.taps.end; ++w) {
-            const scalar_t* src = xn + (h * g.W + w) * g.C + c0;
-            for (int64_t j = 0; j < n; ++j) acc[j] += static_cast<acc_t>(src[j]);
-          }
-        }
-        for (int64_t j = 0; j < n; ++j) y[p * g.C + c0 + j] = static_cast<scalar_t>(acc[j] / div);
+      if (wh.taps.empty() || ww.taps.empty()) {
+        std::fill(y + p * g.C, y + (p + 1) * g.C, scalar_t(0));
+        continue;
       }
+      const ExactDiv<acc_t> div(static_cast<acc_t>(avg_pool_divisor(wh, ww, opt)));
+      nhwc_window_sum(xn, g.W, g.C, g.C, wh.taps, ww.taps, y + p * g.C, [&](acc_t sum) { return div(sum); });
     }
   });
 }
