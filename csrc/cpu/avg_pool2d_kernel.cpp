@@ -1,4 +1,4 @@
-// avg_pool2d on CPU: forward and the gather backward, NCHW and NHWC.
+// avg_pool2d on CPU: forward and the scatter backward, NCHW and NHWC.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>

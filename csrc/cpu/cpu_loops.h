@@ -17,7 +17,7 @@
 
 namespace poolops {
 
-constexpr int64_t kLanes = 256;  // channels handled together through L1 in NHWC
+constexpr int64_t kLanes = 256;  // channels (NHWC) or outputs (NCHW) handled together through L1
 
 // For every input position, the outputs whose window covers it. Windows are
 // monotone in the output index, so each is a contiguous range.
