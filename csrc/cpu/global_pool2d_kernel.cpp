@@ -126,31 +126,32 @@ at::Tensor global_pool2d_backward_cpu(const at::Tensor& grad_output, const at::T
       const auto value = [&](int64_t p) {
         return kMax ? gp[p] : static_cast<scalar_t>(static_cast<acc_t>(gp[p]) / static_cast<acc_t>(HW));
       };
-      if (kMax) {
-        // Zeros (ATen's fill, multithreaded), then each plane's gradient at its argmax.
-        gin.zero_();
-        const Strides4 si = strides_for(g.C, g.H, g.W, cl);
-        for (int64_t n = 0; n < g.N; ++n) {
-          for (int64_t c = 0; c < g.C; ++c) {
-            const int64_t i = ip[n * g.C + c];
-            if (i >= 0 && i < HW) dst[n * si.n + c * si.c + i * si.w] = gp[n * g.C + c];
-          }
-        }
-        return;
-      }
       if (!cl) {
-        // One task per plane: a fill.
+        // One task per plane: a fill, and for max one write at the argmax.
         at::parallel_for(0, g.N * g.C, std::max<int64_t>(1, 32768 / HW), [&](int64_t begin, int64_t end) {
-          for (int64_t p = begin; p < end; ++p) std::fill(dst + p * HW, dst + (p + 1) * HW, value(p));
+          for (int64_t p = begin; p < end; ++p) {
+            scalar_t* plane = dst + p * HW;
+            std::fill(plane, plane + HW, kMax ? scalar_t(0) : value(p));
+            if (kMax && ip[p] >= 0 && ip[p] < HW) plane[ip[p]] = gp[p];
+          }
         });
         return;
       }
-      // One task per image: every pixel gets the image's channel vector.
+      // One task per image: every pixel gets the channel vector (avg), or zeros
+      // with each channel's gradient written at its argmax pixel (max).
       at::parallel_for(0, g.N, std::max<int64_t>(1, 32768 / (HW * g.C)), [&](int64_t begin, int64_t end) {
         for (int64_t n = begin; n < end; ++n) {
           scalar_t* image = dst + n * HW * g.C;
-          for (int64_t c = 0; c < g.C; ++c) image[c] = value(n * g.C + c);
-          for (int64_t i = 1; i < HW; ++i) std::copy(image, image + g.C, image + i * g.C);
+          if (kMax) {
+            std::fill(image, image + HW * g.C, scalar_t(0));
+            for (int64_t c = 0; c < g.C; ++c) {
+              const int64_t i = ip[n * g.C + c];
+              if (i >= 0 && i < HW) image[i * g.C + c] = gp[n * g.C + c];
+            }
+          } else {
+            for (int64_t c = 0; c < g.C; ++c) image[c] = value(n * g.C + c);
+            for (int64_t i = 1; i < HW; ++i) std::copy(image, image + g.C, image + i * g.C);
+          }
         }
       });
     });
