@@ -1,5 +1,5 @@
-// adaptive_avg_pool2d and adaptive_max_pool2d on CPU: forward and the gather
-// backwards, NCHW and NHWC.
+// adaptive_avg_pool2d and adaptive_max_pool2d on CPU: forwards and backwards,
+// NCHW and NHWC.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
+#include <vector>
 
 #include "../pool_args.h"
 #include "cpu_loops.h"
@@ -14,61 +16,125 @@
 namespace poolops {
 namespace {
 
-constexpr int64_t kLanes = 256;  // channels accumulated together in NHWC
-
-// Runs out_fn(plane, s_h, s_w, oh, ow, dst) for every output element, in memory order.
-template <typename Fn>
-void for_each_output(const Pool2dGeom& g, bool channels_last, int64_t cost, const Fn& out_fn) {
-  const Strides4 si = strides_for(g.C, g.H, g.W, channels_last);
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, cost));
-  at::parallel_for(0, g.N * g.C * g.OH * g.OW, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      int64_t n, c, oh, ow;
-      decode_nchw(i, g.C, g.OH, g.OW, channels_last, n, c, oh, ow);
-      out_fn(n * si.n + c * si.c, si.h, si.w, oh, ow, i);
+// The windows of every output row and column, and the average's divisors
+// (the window height and width, divided by in turn as ATen does).
+template <typename acc_t>
+struct AdaptiveWindows {
+  std::vector<Range> rows, cols;
+  std::vector<ExactDiv<acc_t>> kh, kw;
+  explicit AdaptiveWindows(const Pool2dGeom& g) : rows(g.OH), cols(g.OW), kh(g.OH), kw(g.OW) {
+    for (int64_t oh = 0; oh < g.OH; ++oh) {
+      rows[oh] = adaptive_window(oh, g.H, g.OH);
+      kh[oh] = ExactDiv<acc_t>(static_cast<acc_t>(rows[oh].end - rows[oh].begin));
     }
-  });
-}
-
-// Runs in_fn(plane_offset_in_grad_output, so_h, so_w, h, w, dst) for every input element.
-template <typename Fn>
-void for_each_input(const Pool2dGeom& g, bool channels_last, const Fn& in_fn) {
-  const Strides4 so = strides_for(g.C, g.OH, g.OW, channels_last);
-  for_each_element(g.N, g.C, g.H, g.W, channels_last, 4096, [&](int64_t n, int64_t c, int64_t h, int64_t w, int64_t i) {
-    in_fn(n * so.n + c * so.c, so.h, so.w, h, w, i);
-  });
-}
+    for (int64_t ow = 0; ow < g.OW; ++ow) {
+      cols[ow] = adaptive_window(ow, g.W, g.OW);
+      kw[ow] = ExactDiv<acc_t>(static_cast<acc_t>(cols[ow].end - cols[ow].begin));
+    }
+  }
+};
 
 int64_t window_cost(const Pool2dGeom& g) {
   return (g.H / std::max<int64_t>(g.OH, 1) + 2) * (g.W / std::max<int64_t>(g.OW, 1) + 2);
 }
 
-// NHWC average: all channels of an output pixel summed together, each in the
-// row-major tap order of the scalar path, so both layouts agree bit for bit.
-template <typename scalar_t>
-void avg_forward_nhwc(const scalar_t* x, scalar_t* y, const Pool2dGeom& g) {
-  using acc_t = at::opmath_type<scalar_t>;
+// Runs row_fn(plane, oh, r) for output row r (of NCHW planes, row oh of its
+// plane), or pixel_fn(image, oh, ow, p) for output pixel p (of NHWC images).
+template <typename scalar_t, typename RowFn>
+void for_each_output_row(const scalar_t* x, const Pool2dGeom& g, const RowFn& row_fn) {
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.OW * window_cost(g)));
+  at::parallel_for(0, g.N * g.C * g.OH, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) row_fn(x + (r / g.OH) * g.H * g.W, r % g.OH, r);
+  });
+}
+
+template <typename scalar_t, typename PixelFn>
+void for_each_output_pixel(const scalar_t* x, const Pool2dGeom& g, const PixelFn& pixel_fn) {
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.C * window_cost(g)));
   at::parallel_for(0, g.N * g.OH * g.OW, grain, [&](int64_t begin, int64_t end) {
-    acc_t acc[kLanes];
     for (int64_t p = begin; p < end; ++p) {
-      const int64_t ow = p % g.OW;
-      const int64_t oh = (p / g.OW) % g.OH;
-      const scalar_t* xn = x + (p / (g.OW * g.OH)) * g.H * g.W * g.C;
-      const Range rh = adaptive_window(oh, g.H, g.OH);
-      const Range rw = adaptive_window(ow, g.W, g.OW);
-      const acc_t kh = static_cast<acc_t>(rh.end - rh.begin);
-      const acc_t kw = static_cast<acc_t>(rw.end - rw.begin);
-      for (int64_t c0 = 0; c0 < g.C; c0 += kLanes) {
-        const int64_t n = std::min(kLanes, g.C - c0);
-        std::fill(acc, acc + n, acc_t(0));
-        for (int64_t h = rh.begin; h < rh.end; ++h) {
-          for (int64_t w = rw.begin; w < rw.end; ++w) {
-            const scalar_t* src = xn + (h * g.W + w) * g.C + c0;
-            for (int64_t j = 0; j < n; ++j) acc[j] += static_cast<acc_t>(src[j]);
-          }
+      pixel_fn(x + (p / (g.OW * g.OH)) * g.H * g.W * g.C, (p / g.OW) % g.OH, p % g.OW, p);
+    }
+  });
+}
+
+// Average: the window sum in row-major tap order, divided by kh and then by kw
+// (as ATen does), in both layouts, so they agree bit for bit.
+template <typename scalar_t>
+void avg_forward(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, bool channels_last) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const AdaptiveWindows<acc_t> win(g);
+  if (channels_last) {
+    for_each_output_pixel(x, g, [&](const scalar_t* xn, int64_t oh, int64_t ow, int64_t p) {
+      const ExactDiv<acc_t> kh = win.kh[oh], kw = win.kw[ow];
+      nhwc_window_sum(xn, g.W, g.C, g.C, win.rows[oh], win.cols[ow], y + p * g.C,
+                      [&](acc_t sum) { return kw(kh(sum)); });
+    });
+    return;
+  }
+  for_each_output_row(x, g, [&](const scalar_t* plane, int64_t oh, int64_t r) {
+    for (int64_t ow = 0; ow < g.OW; ++ow) {
+      const acc_t sum = window_sum<scalar_t, acc_t>(plane, g.W, 1, win.rows[oh], win.cols[ow]);
+      y[r * g.OW + ow] = static_cast<scalar_t>(win.kw[ow](win.kh[oh](sum)));
+    }
+  });
+}
+
+// One tap of n outputs whose inputs lie `step` apart (kStep > 0 fixes it),
+// branch-free so that it vectorises.
+template <int kStep, typename scalar_t, typename acc_t, typename index_t>
+inline void strided_max_tap(const scalar_t* src, int64_t step, int64_t n, acc_t* best, index_t* arg, index_t pos) {
+  const int64_t st = kStep > 0 ? kStep : step;
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t v = static_cast<acc_t>(src[j * st]);
+    const bool take = max_pool_takes(v, best[j]);
+    best[j] = take ? v : best[j];
+    arg[j] = take ? static_cast<index_t>(pos + j * st) : arg[j];
+  }
+}
+
+template <typename scalar_t, typename index_t>
+void max_forward(const scalar_t* x, scalar_t* y, int64_t* idx, const Pool2dGeom& g, bool channels_last) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const AdaptiveWindows<acc_t> win(g);
+  if (channels_last) {
+    for_each_output_pixel(x, g, [&](const scalar_t* xn, int64_t oh, int64_t ow, int64_t p) {
+      nhwc_window_max<scalar_t, index_t>(xn, g.W, g.C, g.C, win.rows[oh], win.cols[ow], y + p * g.C, idx + p * g.C);
+    });
+    return;
+  }
+  // NCHW with equal windows along W (W % OW == 0): windows of width k at
+  // stride k, swept tap by tap across the row, each output still seeing its
+  // taps in row-major order. Otherwise the shared scalar scan per output.
+  const int64_t k = g.W % g.OW == 0 ? g.W / g.OW : 0;
+  for_each_output_row(x, g, [&](const scalar_t* plane, int64_t oh, int64_t r) {
+    const Range rh = win.rows[oh];
+    if (k == 0) {
+      for (int64_t ow = 0; ow < g.OW; ++ow) {
+        acc_t best;
+        max_pool_scan(plane, g.W, int64_t(1), g.W, rh, win.cols[ow], 1, 1, best, idx[r * g.OW + ow]);
+        y[r * g.OW + ow] = static_cast<scalar_t>(best);
+      }
+      return;
+    }
+    acc_t best[kLanes];
+    index_t arg[kLanes];
+    for (int64_t c0 = 0; c0 < g.OW; c0 += kLanes) {
+      const int64_t n = std::min(kLanes, g.OW - c0);
+      for (int64_t j = 0; j < n; ++j) {
+        best[j] = lowest_value<acc_t>();
+        arg[j] = static_cast<index_t>(rh.begin * g.W + (c0 + j) * k);
+      }
+      for (int64_t h = rh.begin; h < rh.end; ++h) {
+        for (int64_t t = 0; t < k; ++t) {
+          const int64_t pos = h * g.W + c0 * k + t;
+          k == 2 ? strided_max_tap<2>(plane + pos, k, n, best, arg, static_cast<index_t>(pos))
+                 : strided_max_tap<0>(plane + pos, k, n, best, arg, static_cast<index_t>(pos));
         }
-        for (int64_t j = 0; j < n; ++j) y[p * g.C + c0 + j] = static_cast<scalar_t>(acc[j] / kh / kw);
+      }
+      for (int64_t j = 0; j < n; ++j) {
+        y[r * g.OW + c0 + j] = static_cast<scalar_t>(best[j]);
+        idx[r * g.OW + c0 + j] = arg[j];
       }
     }
   });
@@ -79,13 +145,7 @@ at::Tensor adaptive_avg_pool2d_cpu(const at::Tensor& input, at::IntArrayRef outp
   return std::get<0>(run_pool2d(input, geom, false, [&](const at::Tensor& x, const at::Tensor& out, const at::Tensor&,
                                                         const Pool2dGeom& g, bool cl) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adaptive_avg_pool2d", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      const scalar_t* xp = x.const_data_ptr<scalar_t>();
-      scalar_t* yp = out.mutable_data_ptr<scalar_t>();
-      if (cl) return avg_forward_nhwc(xp, yp, g);
-      for_each_output(g, false, window_cost(g), [&](int64_t off, int64_t s_h, int64_t s_w, int64_t oh, int64_t ow, int64_t i) {
-        yp[i] = static_cast<scalar_t>(adaptive_avg_output<scalar_t, acc_t>(xp + off, s_h, s_w, g, oh, ow));
-      });
+      avg_forward(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), g, cl);
     });
   }));
 }
@@ -95,15 +155,15 @@ std::tuple<at::Tensor, at::Tensor> adaptive_max_pool2d_cpu(const at::Tensor& inp
   return run_pool2d(input, geom, true, [&](const at::Tensor& x, const at::Tensor& out, const at::Tensor& indices,
                                            const Pool2dGeom& g, bool cl) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adaptive_max_pool2d", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
       const scalar_t* xp = x.const_data_ptr<scalar_t>();
       scalar_t* yp = out.mutable_data_ptr<scalar_t>();
       int64_t* ip = indices.mutable_data_ptr<int64_t>();
-      for_each_output(g, cl, window_cost(g), [&](int64_t off, int64_t s_h, int64_t s_w, int64_t oh, int64_t ow, int64_t i) {
-        acc_t best;
-        adaptive_max_output<scalar_t, acc_t>(xp + off, s_h, s_w, g, oh, ow, best, ip[i]);
-        yp[i] = static_cast<scalar_t>(best);
-      });
+      // Indices are tracked in 32 bits (twice the vector lanes) when the plane allows.
+      if (g.H * g.W <= std::numeric_limits<int32_t>::max()) {
+        max_forward<scalar_t, int32_t>(xp, yp, ip, g, cl);
+      } else {
+        max_forward<scalar_t, int64_t>(xp, yp, ip, g, cl);
+      }
     });
   });
 }
@@ -119,11 +179,9 @@ at::Tensor adaptive_avg_pool2d_backward_cpu(const at::Tensor& grad_output, at::I
                                  bool cl) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gout.scalar_type(), "adaptive_avg_pool2d_backward", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const scalar_t* gp = gout.const_data_ptr<scalar_t>();
-      scalar_t* dst = gin.mutable_data_ptr<scalar_t>();
-      for_each_input(g, cl, [&](int64_t off, int64_t so_h, int64_t so_w, int64_t h, int64_t w, int64_t i) {
-        dst[i] = static_cast<scalar_t>(adaptive_avg_grad_gather<scalar_t, acc_t>(gp + off, so_h, so_w, g, h, w));
-      });
+      const AdaptiveWindows<acc_t> win(g);
+      window_avg_backward(gout.const_data_ptr<scalar_t>(), gin.mutable_data_ptr<scalar_t>(), g, win.rows, win.cols, cl,
+                          [&](int64_t oh, int64_t ow) { return Divisor<acc_t, true>{win.kh[oh], win.kw[ow]}; });
     });
   });
 }
@@ -139,13 +197,9 @@ at::Tensor adaptive_max_pool2d_backward_cpu(const at::Tensor& grad_output, const
                              [&](const at::Tensor& gout, const at::Tensor& idx, const at::Tensor& gin,
                                  const Pool2dGeom& g, bool cl) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gout.scalar_type(), "adaptive_max_pool2d_backward", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      const scalar_t* gp = gout.const_data_ptr<scalar_t>();
-      const int64_t* ip = idx.const_data_ptr<int64_t>();
-      scalar_t* dst = gin.mutable_data_ptr<scalar_t>();
-      for_each_input(g, cl, [&](int64_t off, int64_t so_h, int64_t so_w, int64_t h, int64_t w, int64_t i) {
-        dst[i] = static_cast<scalar_t>(adaptive_max_grad_gather<scalar_t, acc_t>(gp + off, ip + off, so_h, so_w, g, h, w));
-      });
+      const AdaptiveWindows<at::opmath_type<scalar_t>> win(g);
+      indexed_max_backward(gout.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(),
+                           gin.mutable_data_ptr<scalar_t>(), g, win.rows, win.cols, cl);
     });
   });
 }

@@ -1,4 +1,4 @@
-// avg_pool2d on CPU: forward and the gather backward, NCHW and NHWC.
+// avg_pool2d on CPU: forward and the scatter backward, NCHW and NHWC.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -7,14 +7,13 @@
 #include <algorithm>
 #include <cstdint>
 #include <optional>
+#include <vector>
 
 #include "../pool_args.h"
 #include "cpu_loops.h"
 
 namespace poolops {
 namespace {
-
-constexpr int64_t kLanes = 256;  // channels accumulated together in NHWC
 
 AvgPoolOpts opts_of(bool count_include_pad, std::optional<int64_t> divisor_override) {
   return {count_include_pad, divisor_override.value_or(0)};
@@ -41,38 +40,45 @@ void forward_nhwc(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.C * g.kh * g.kw));
   at::parallel_for(0, g.N * g.OH * g.OW, grain, [&](int64_t begin, int64_t end) {
-    acc_t acc[kLanes];
     for (int64_t p = begin; p < end; ++p) {
       const int64_t ow = p % g.OW;
       const int64_t oh = (p / g.OW) % g.OH;
       const scalar_t* xn = x + (p / (g.OW * g.OH)) * g.H * g.W * g.C;
       const AvgWindow wh = avg_pool_window(oh, g.H, g.kh, g.sh, g.ph);
       const AvgWindow ww = avg_pool_window(ow, g.W, g.kw, g.sw, g.pw);
-      const acc_t div = static_cast<acc_t>(avg_pool_divisor(wh, ww, opt));
-      for (int64_t c0 = 0; c0 < g.C; c0 += kLanes) {
-        const int64_t n = std::min(kLanes, g.C - c0);
-        std::fill(acc, acc + n, acc_t(0));
-        for (int64_t h = wh.taps.begin; h < wh.taps.end; ++h) {
-          for (int64_t w = ww.taps.begin; w < ww.taps.end; ++w) {
-            const scalar_t* src = xn + (h * g.W + w) * g.C + c0;
-            for (int64_t j = 0; j < n; ++j) acc[j] += static_cast<acc_t>(src[j]);
-          }
-        }
-        for (int64_t j = 0; j < n; ++j) y[p * g.C + c0 + j] = static_cast<scalar_t>(acc[j] / div);
+      if (wh.taps.empty() || ww.taps.empty()) {
+        std::fill(y + p * g.C, y + (p + 1) * g.C, scalar_t(0));
+        continue;
       }
+      const ExactDiv<acc_t> div(static_cast<acc_t>(avg_pool_divisor(wh, ww, opt)));
+      nhwc_window_sum(xn, g.W, g.C, g.C, wh.taps, ww.taps, y + p * g.C, [&](acc_t sum) { return div(sum); });
     }
   });
 }
 
-// One gradient per input element, walked in memory order.
+// Every input element sums grad / divisor of the windows holding it, the
+// quotient taken once per output as ATen's CPU scatter does.
 template <typename scalar_t>
 void backward(const scalar_t* gout, scalar_t* gin, const Pool2dGeom& g, const AvgPoolOpts& opt, bool channels_last) {
   using acc_t = at::opmath_type<scalar_t>;
-  const Strides4 so = strides_for(g.C, g.OH, g.OW, channels_last);
-  for_each_element(g.N, g.C, g.H, g.W, channels_last, std::max<int64_t>(1, 16384 / (g.kh * g.kw)),
-                   [&](int64_t n, int64_t c, int64_t h, int64_t w, int64_t i) {
-    gin[i] = static_cast<scalar_t>(
-        avg_pool_grad_gather<scalar_t, acc_t>(gout + n * so.n + c * so.c, so.h, so.w, g, opt, h, w));
+  std::vector<AvgWindow> wh(g.OH), ww(g.OW);
+  std::vector<Range> rows(g.OH), cols(g.OW);
+  for (int64_t oh = 0; oh < g.OH; ++oh) {
+    wh[oh] = avg_pool_window(oh, g.H, g.kh, g.sh, g.ph);
+    rows[oh] = wh[oh].taps;
+  }
+  for (int64_t ow = 0; ow < g.OW; ++ow) {
+    ww[ow] = avg_pool_window(ow, g.W, g.kw, g.sw, g.pw);
+    cols[ow] = ww[ow].taps;
+  }
+  std::vector<ExactDiv<acc_t>> divisors(g.OH * g.OW);
+  for (int64_t oh = 0; oh < g.OH; ++oh) {
+    for (int64_t ow = 0; ow < g.OW; ++ow) {
+      divisors[oh * g.OW + ow] = ExactDiv<acc_t>(static_cast<acc_t>(avg_pool_divisor(wh[oh], ww[ow], opt)));
+    }
+  }
+  window_avg_backward(gout, gin, g, rows, cols, channels_last, [&](int64_t oh, int64_t ow) {
+    return Divisor<acc_t, false>{divisors[oh * g.OW + ow], {}};
   });
 }
 

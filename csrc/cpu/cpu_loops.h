@@ -1,32 +1,264 @@
-// Parallel element loops shared by the CPU backward kernels.
+// Loops shared by the CPU kernels of the window-average and adaptive/global
+// pools. Backwards keep the summation order of ATen's CPU scatter (output
+// row-major per input element), are deterministic and use no atomics: every
+// task owns a disjoint part of grad_input.
 #pragma once
 
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <type_traits>
+#include <vector>
 
 #include "../pool_math.h"
 
 namespace poolops {
 
-// Runs fn(n, c, h, w, i) for every element i of a dense (N, C, H, W) tensor in
-// the layout's memory order, decoding the coordinates once per innermost row.
-template <typename Fn>
-void for_each_element(int64_t N, int64_t C, int64_t H, int64_t W, bool channels_last, int64_t grain,
-                      const Fn& fn) {
-  const int64_t inner = channels_last ? C : W;
-  at::parallel_for(0, N * C * H * W / inner, std::max<int64_t>(1, grain / inner), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      int64_t n, c, h, w;
-      decode_nchw(r * inner, C, H, W, channels_last, n, c, h, w);
-      if (channels_last) {
-        for (int64_t k = 0; k < C; ++k) fn(n, k, h, w, r * inner + k);
-      } else {
-        for (int64_t k = 0; k < W; ++k) fn(n, c, h, k, r * inner + k);
+constexpr int64_t kLanes = 256;  // channels (NHWC) or outputs (NCHW) handled together through L1
+
+// For every input position, the outputs whose window covers it. Windows are
+// monotone in the output index, so each is a contiguous range.
+inline std::vector<Range> covering_ranges(const std::vector<Range>& windows, int64_t in) {
+  std::vector<Range> cover(in, Range{0, 0});
+  for (int64_t o = 0; o < static_cast<int64_t>(windows.size()); ++o) {
+    for (int64_t i = windows[o].begin; i < windows[o].end; ++i) {
+      cover[i] = cover[i].empty() ? Range{o, o + 1} : Range{cover[i].begin, o + 1};
+    }
+  }
+  return cover;
+}
+
+// Accumulates into grad_input directly for float and double, else into a
+// float scratch that is rounded once at the end.
+template <typename scalar_t>
+struct AccBuffer {
+  using acc_t = at::opmath_type<scalar_t>;
+  static constexpr bool kDirect = std::is_same_v<acc_t, scalar_t>;
+  std::vector<acc_t> scratch;
+  explicit AccBuffer(int64_t n) : scratch(kDirect ? 0 : n) {}
+  acc_t* zeroed(scalar_t* dst, int64_t n) {
+    acc_t* acc = kDirect ? reinterpret_cast<acc_t*>(dst) : scratch.data();
+    std::fill(acc, acc + n, acc_t(0));
+    return acc;
+  }
+  void store(scalar_t* dst, int64_t n) const {
+    if constexpr (!kDirect) {
+      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<scalar_t>(scratch[i]);
+    }
+  }
+};
+
+// x / d for a fixed divisor d. When d is a power of two, x * (1 / d) is the
+// same correctly rounded quotient, so the division is replaced by a multiply.
+template <typename acc_t>
+struct ExactDiv {
+  acc_t d, inv;
+  bool by_mul;
+  ExactDiv() = default;
+  explicit ExactDiv(acc_t divisor) : d(divisor), inv(acc_t(1) / divisor) {
+    int e;
+    by_mul = std::abs(std::frexp(divisor, &e)) == acc_t(0.5) && std::isnormal(inv);
+  }
+  acc_t operator()(acc_t x) const { return by_mul ? x * inv : x / d; }
+};
+
+// Divides a gradient by one output's divisor, or by two in turn (adaptive avg).
+template <typename acc_t, bool kTwo>
+struct Divisor {
+  ExactDiv<acc_t> a, b;
+  acc_t apply(acc_t g) const { return kTwo ? b(a(g)) : a(g); }
+};
+
+// Backward of a window average: grad_input[i] is the sum, over the outputs o
+// whose window rows[oh] x cols[ow] holds i, of grad_output[o] divided by
+// divisor(oh, ow), added in output row-major order.
+// NCHW: one task per plane scatters its outputs. NHWC: one task per input row
+// adds the covering output rows, all channels at once.
+template <typename scalar_t, typename DivisorFn>
+void window_avg_backward(const scalar_t* gout, scalar_t* gin, const Pool2dGeom& g, const std::vector<Range>& rows,
+                         const std::vector<Range>& cols, bool channels_last, const DivisorFn& divisor) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if (!channels_last) {
+    const int64_t HW = g.H * g.W;
+    const int64_t OHW = g.OH * g.OW;
+    at::parallel_for(0, g.N * g.C, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, HW)), [&](int64_t b, int64_t e) {
+      AccBuffer<scalar_t> buf(HW);
+      std::vector<acc_t> delta(g.OW);
+      for (int64_t t = b; t < e; ++t) {
+        acc_t* acc = buf.zeroed(gin + t * HW, HW);
+        for (int64_t oh = 0; oh < g.OH; ++oh) {
+          const scalar_t* go = gout + t * OHW + oh * g.OW;
+          for (int64_t ow = 0; ow < g.OW; ++ow) delta[ow] = divisor(oh, ow).apply(static_cast<acc_t>(go[ow]));
+          for (int64_t h = rows[oh].begin; h < rows[oh].end; ++h) {
+            acc_t* row = acc + h * g.W;
+            for (int64_t ow = 0; ow < g.OW; ++ow) {
+              for (int64_t w = cols[ow].begin; w < cols[ow].end; ++w) row[w] += delta[ow];
+            }
+          }
+        }
+        buf.store(gin + t * HW, HW);
       }
+    });
+    return;
+  }
+  const std::vector<Range> cover = covering_ranges(rows, g.H);
+  const int64_t WC = g.W * g.C;
+  at::parallel_for(0, g.N * g.H, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, WC)), [&](int64_t b, int64_t e) {
+    AccBuffer<scalar_t> buf(WC);
+    std::vector<acc_t> delta(g.C);
+    for (int64_t r = b; r < e; ++r) {
+      const int64_t n = r / g.H;
+      const int64_t h = r % g.H;
+      acc_t* acc = buf.zeroed(gin + r * WC, WC);
+      for (int64_t oh = cover[h].begin; oh < cover[h].end; ++oh) {
+        const scalar_t* go = gout + (n * g.OH + oh) * g.OW * g.C;
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          const auto div = divisor(oh, ow);
+          for (int64_t c = 0; c < g.C; ++c) delta[c] = div.apply(static_cast<acc_t>(go[ow * g.C + c]));
+          for (int64_t w = cols[ow].begin; w < cols[ow].end; ++w) {
+            acc_t* px = acc + w * g.C;
+            for (int64_t c = 0; c < g.C; ++c) px[c] += delta[c];
+          }
+        }
+      }
+      buf.store(gin + r * WC, WC);
     }
   });
+}
+
+// Backward of a max pool from its argmax indices (flat within the plane).
+// NCHW: one task per plane scatters its outputs in row-major order. NHWC: one
+// task per input row gathers, per pixel, the covering outputs that chose it
+// (a select per channel, which vectorises), in output row-major order.
+template <typename scalar_t>
+void indexed_max_backward(const scalar_t* gout, const int64_t* idx, scalar_t* gin, const Pool2dGeom& g,
+                          const std::vector<Range>& rows, const std::vector<Range>& cols, bool channels_last) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t HW = g.H * g.W;
+  const int64_t OHW = g.OH * g.OW;
+  if (!channels_last) {
+    at::parallel_for(0, g.N * g.C, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, HW)), [&](int64_t b, int64_t e) {
+      AccBuffer<scalar_t> buf(HW);
+      for (int64_t t = b; t < e; ++t) {
+        acc_t* acc = buf.zeroed(gin + t * HW, HW);
+        for (int64_t o = t * OHW; o < (t + 1) * OHW; ++o) {
+          if (idx[o] >= 0) acc[idx[o]] += static_cast<acc_t>(gout[o]);
+        }
+        buf.store(gin + t * HW, HW);
+      }
+    });
+    return;
+  }
+  const std::vector<Range> cover_h = covering_ranges(rows, g.H);
+  const std::vector<Range> cover_w = covering_ranges(cols, g.W);
+  const int64_t WC = g.W * g.C;
+  at::parallel_for(0, g.N * g.H, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, WC)), [&](int64_t b, int64_t e) {
+    AccBuffer<scalar_t> buf(WC);
+    for (int64_t r = b; r < e; ++r) {
+      const int64_t n = r / g.H;
+      const int64_t h = r % g.H;
+      acc_t* acc = buf.zeroed(gin + r * WC, WC);
+      for (int64_t w = 0; w < g.W; ++w) {
+        const int64_t target = h * g.W + w;
+        acc_t* px = acc + w * g.C;
+        for (int64_t oh = cover_h[h].begin; oh < cover_h[h].end; ++oh) {
+          for (int64_t ow = cover_w[w].begin; ow < cover_w[w].end; ++ow) {
+            const int64_t o = (n * OHW + oh * g.OW + ow) * g.C;
+            for (int64_t c = 0; c < g.C; ++c) {
+              px[c] += idx[o + c] == target ? static_cast<acc_t>(gout[o + c]) : acc_t(0);
+            }
+          }
+        }
+      }
+      buf.store(gin + r * WC, WC);
+    }
+  });
+}
+
+// Max over the window rh x rw of one NHWC image for m channels, each scanned in
+// row-major tap order. kB > 0 fixes m = kB so the running maxima stay in vector
+// registers across the taps; kB == 0 takes any m <= kLanes through L1.
+template <int kB, typename scalar_t, typename index_t>
+inline void nhwc_window_max_block(const scalar_t* xn, int64_t W, int64_t C, Range rh, Range rw, int64_t m,
+                                  scalar_t* y, int64_t* idx) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t kCap = kB > 0 ? kB : kLanes;
+  if (kB > 0) m = kB;
+  acc_t best[kCap];
+  index_t arg[kCap];
+  const index_t first = static_cast<index_t>(rh.begin * W + rw.begin);
+  for (int64_t j = 0; j < m; ++j) {
+    best[j] = lowest_value<acc_t>();
+    arg[j] = first;
+  }
+  for (int64_t h = rh.begin; h < rh.end; ++h) {
+    for (int64_t w = rw.begin; w < rw.end; ++w) {
+      const index_t pos = static_cast<index_t>(h * W + w);
+      const scalar_t* src = xn + (h * W + w) * C;
+      for (int64_t j = 0; j < m; ++j) {
+        const acc_t v = static_cast<acc_t>(src[j]);
+        const bool take = max_pool_takes(v, best[j]);
+        best[j] = take ? v : best[j];
+        arg[j] = take ? pos : arg[j];
+      }
+    }
+  }
+  for (int64_t j = 0; j < m; ++j) {
+    y[j] = static_cast<scalar_t>(best[j]);
+    idx[j] = arg[j];
+  }
+}
+
+// The first `channels` channels of one NHWC output pixel: max and argmax over
+// a non-empty window.
+template <typename scalar_t, typename index_t>
+void nhwc_window_max(const scalar_t* xn, int64_t W, int64_t C, int64_t channels, Range rh, Range rw, scalar_t* y,
+                     int64_t* idx) {
+  constexpr int kB = 128 / sizeof(at::opmath_type<scalar_t>);
+  int64_t c0 = 0;
+  for (; c0 + kB <= channels; c0 += kB) {
+    nhwc_window_max_block<kB, scalar_t, index_t>(xn + c0, W, C, rh, rw, kB, y + c0, idx + c0);
+  }
+  for (; c0 < channels; c0 += kLanes) {
+    nhwc_window_max_block<0, scalar_t, index_t>(xn + c0, W, C, rh, rw, std::min(kLanes, channels - c0), y + c0,
+                                                idx + c0);
+  }
+}
+
+// Window sum of m channels of one NHWC image over a non-empty window in
+// row-major tap order, then finish(sum) stored; kB as in nhwc_window_max_block.
+template <int kB, typename scalar_t, typename Finish>
+inline void nhwc_window_sum_block(const scalar_t* xn, int64_t W, int64_t C, Range rh, Range rw, int64_t m,
+                                  scalar_t* y, const Finish& finish) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t kCap = kB > 0 ? kB : kLanes;
+  if (kB > 0) m = kB;
+  // The sums start at 0 + the first tap (not a separate zero fill, which the
+  // compiler turns into a slow memset of the register block).
+  acc_t acc[kCap];
+  const scalar_t* first = xn + (rh.begin * W + rw.begin) * C;
+  for (int64_t j = 0; j < m; ++j) acc[j] = acc_t(0) + static_cast<acc_t>(first[j]);
+  for (int64_t h = rh.begin; h < rh.end; ++h) {
+    for (int64_t w = h == rh.begin ? rw.begin + 1 : rw.begin; w < rw.end; ++w) {
+      const scalar_t* src = xn + (h * W + w) * C;
+      for (int64_t j = 0; j < m; ++j) acc[j] += static_cast<acc_t>(src[j]);
+    }
+  }
+  for (int64_t j = 0; j < m; ++j) y[j] = static_cast<scalar_t>(finish(acc[j]));
+}
+
+template <typename scalar_t, typename Finish>
+void nhwc_window_sum(const scalar_t* xn, int64_t W, int64_t C, int64_t channels, Range rh, Range rw, scalar_t* y,
+                     const Finish& finish) {
+  constexpr int kB = 128 / sizeof(at::opmath_type<scalar_t>);
+  int64_t c0 = 0;
+  for (; c0 + kB <= channels; c0 += kB) nhwc_window_sum_block<kB>(xn + c0, W, C, rh, rw, kB, y + c0, finish);
+  for (; c0 < channels; c0 += kLanes) {
+    nhwc_window_sum_block<0>(xn + c0, W, C, rh, rw, std::min(kLanes, channels - c0), y + c0, finish);
+  }
 }
 
 }  // namespace poolops

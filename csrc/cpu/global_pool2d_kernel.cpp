@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 
 #include "../pool_args.h"
 #include "cpu_loops.h"
@@ -14,46 +15,49 @@
 namespace poolops {
 namespace {
 
-constexpr int64_t kLanes = 256;  // channels reduced together in NHWC
-
-// NHWC: reduces a block of channels of one batch element at once, scanning the
-// plane in the same order as the scalar path, so both layouts agree bit for bit.
-template <typename scalar_t, bool kMax>
+// NHWC: one task per batch element and block of channels, each channel
+// scanning the plane in the same order as the NCHW path.
+template <typename scalar_t, typename index_t, bool kMax>
 void reduce_nhwc(const scalar_t* x, scalar_t* y, int64_t* idx, const Pool2dGeom& g) {
   using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t kBlock = 64;
   const int64_t HW = g.H * g.W;
-  const int64_t blocks = (g.C + kLanes - 1) / kLanes;
+  const int64_t blocks = (g.C + kBlock - 1) / kBlock;
   at::parallel_for(0, g.N * blocks, 1, [&](int64_t begin, int64_t end) {
-    acc_t acc[kLanes];
-    int64_t arg[kLanes];
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / blocks;
-      const int64_t c0 = (t % blocks) * kLanes;
-      const int64_t cb = std::min(kLanes, g.C - c0);
+      const int64_t c0 = (t % blocks) * kBlock;
+      const int64_t cb = std::min(kBlock, g.C - c0);
       const scalar_t* xn = x + n * HW * g.C + c0;
-      for (int64_t j = 0; j < cb; ++j) {
-        acc[j] = kMax ? lowest_value<acc_t>() : acc_t(0);
-        arg[j] = 0;
-      }
-      for (int64_t i = 0; i < HW; ++i) {
-        const scalar_t* src = xn + i * g.C;
-        for (int64_t j = 0; j < cb; ++j) {
-          const acc_t v = static_cast<acc_t>(src[j]);
-          if (kMax) {
-            const bool take = max_pool_takes(v, acc[j]);
-            acc[j] = take ? v : acc[j];
-            arg[j] = take ? i : arg[j];
-          } else {
-            acc[j] += v;
-          }
-        }
-      }
-      for (int64_t j = 0; j < cb; ++j) {
-        y[n * g.C + c0 + j] = static_cast<scalar_t>(kMax ? acc[j] : acc[j] / static_cast<acc_t>(HW));
-        if (kMax) idx[n * g.C + c0 + j] = arg[j];
+      const int64_t o = n * g.C + c0;
+      // The plane is scanned as a single row of HW pixels.
+      if (kMax) {
+        nhwc_window_max<scalar_t, index_t>(xn, HW, g.C, cb, Range{0, 1}, Range{0, HW}, y + o, idx + o);
+      } else {
+        nhwc_window_sum(xn, HW, g.C, cb, Range{0, 1}, Range{0, HW}, y + o,
+                        [&](acc_t sum) { return sum / static_cast<acc_t>(HW); });
       }
     }
   });
+}
+
+// Sum of a contiguous plane: kParts interleaved partial sums (which the
+// compiler keeps in vector registers) combined pairwise, then the tail.
+template <typename scalar_t>
+at::opmath_type<scalar_t> plane_sum(const scalar_t* x, int64_t n) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t kParts = 8;
+  acc_t part[kParts] = {};
+  int64_t i = 0;
+  for (; i + kParts <= n; i += kParts) {
+    for (int64_t j = 0; j < kParts; ++j) part[j] += static_cast<acc_t>(x[i + j]);
+  }
+  for (int64_t width = kParts / 2; width > 0; width /= 2) {
+    for (int64_t j = 0; j < width; ++j) part[j] += part[j + width];
+  }
+  acc_t sum = part[0];
+  for (; i < n; ++i) sum += static_cast<acc_t>(x[i]);
+  return sum;
 }
 
 template <typename scalar_t, bool kMax>
@@ -68,7 +72,7 @@ void reduce_nchw(const scalar_t* x, scalar_t* y, int64_t* idx, const Pool2dGeom&
         global_max_output<scalar_t, acc_t>(x + p * HW, 1, HW, best, idx[p]);
         y[p] = static_cast<scalar_t>(best);
       } else {
-        y[p] = static_cast<scalar_t>(global_avg_output<scalar_t, acc_t>(x + p * HW, 1, HW));
+        y[p] = static_cast<scalar_t>(plane_sum(x + p * HW, HW) / static_cast<acc_t>(HW));
       }
     }
   });
@@ -84,7 +88,13 @@ std::tuple<at::Tensor, at::Tensor> global_pool2d_cpu(const at::Tensor& input) {
       const scalar_t* xp = x.const_data_ptr<scalar_t>();
       scalar_t* yp = out.mutable_data_ptr<scalar_t>();
       int64_t* ip = kMax ? indices.mutable_data_ptr<int64_t>() : nullptr;
-      cl ? reduce_nhwc<scalar_t, kMax>(xp, yp, ip, g) : reduce_nchw<scalar_t, kMax>(xp, yp, ip, g);
+      if (!cl) return reduce_nchw<scalar_t, kMax>(xp, yp, ip, g);
+      // Indices are tracked in 32 bits (twice the vector lanes) when the plane allows.
+      if (g.H * g.W <= std::numeric_limits<int32_t>::max()) {
+        reduce_nhwc<scalar_t, int32_t, kMax>(xp, yp, ip, g);
+      } else {
+        reduce_nhwc<scalar_t, int64_t, kMax>(xp, yp, ip, g);
+      }
     });
   });
 }
@@ -113,12 +123,35 @@ at::Tensor global_pool2d_backward_cpu(const at::Tensor& grad_output, const at::T
       const int64_t* ip = kMax ? idx.const_data_ptr<int64_t>() : nullptr;
       scalar_t* dst = gin.mutable_data_ptr<scalar_t>();
       const int64_t HW = g.H * g.W;
-      for_each_element(g.N, g.C, g.H, g.W, cl, 16384, [&](int64_t n, int64_t c, int64_t h, int64_t w, int64_t i) {
-        const int64_t p = n * g.C + c;
-        if (kMax) {
-          dst[i] = ip[p] == h * g.W + w ? gp[p] : scalar_t(0);
-        } else {
-          dst[i] = static_cast<scalar_t>(static_cast<acc_t>(gp[p]) / static_cast<acc_t>(HW));
+      const auto value = [&](int64_t p) {
+        return kMax ? gp[p] : static_cast<scalar_t>(static_cast<acc_t>(gp[p]) / static_cast<acc_t>(HW));
+      };
+      if (!cl) {
+        // One task per plane: a fill, and for max one write at the argmax.
+        at::parallel_for(0, g.N * g.C, std::max<int64_t>(1, 32768 / HW), [&](int64_t begin, int64_t end) {
+          for (int64_t p = begin; p < end; ++p) {
+            scalar_t* plane = dst + p * HW;
+            std::fill(plane, plane + HW, kMax ? scalar_t(0) : value(p));
+            if (kMax && ip[p] >= 0 && ip[p] < HW) plane[ip[p]] = gp[p];
+          }
+        });
+        return;
+      }
+      // One task per image: every pixel gets the channel vector (avg), or zeros
+      // with each channel's gradient written at its argmax pixel (max).
+      at::parallel_for(0, g.N, std::max<int64_t>(1, 32768 / (HW * g.C)), [&](int64_t begin, int64_t end) {
+        for (int64_t n = begin; n < end; ++n) {
+          scalar_t* image = dst + n * HW * g.C;
+          if (kMax) {
+            std::fill(image, image + HW * g.C, scalar_t(0));
+            for (int64_t c = 0; c < g.C; ++c) {
+              const int64_t i = ip[n * g.C + c];
+              if (i >= 0 && i < HW) image[i * g.C + c] = gp[n * g.C + c];
+            }
+          } else {
+            for (int64_t c = 0; c < g.C; ++c) image[c] = value(n * g.C + c);
+            for (int64_t i = 1; i < HW; ++i) std::copy(image, image + g.C, image + i * g.C);
+          }
         }
       });
     });
