@@ -35,6 +35,10 @@ opt = ["-O0", "-g"] if debug else ["-O3"]
 # The CPU loops are written for the auto-vectoriser; on x86 they target AVX2
 # (x86-64-v3). poolops/__init__.py refuses to load on a CPU without it.
 isa = ["-march=x86-64-v3"] if platform.machine() in ("x86_64", "AMD64") else []
+# at::parallel_for is inline OpenMP: without -fopenmp every kernel runs on one thread.
+import torch  # noqa: E402
+
+openmp = ["-fopenmp"] if "OpenMP" in torch.__config__.parallel_info() else []
 
 sanitize = os.environ.get("POOLOPS_SANITIZE", "0") == "1"
 san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g"]
@@ -43,7 +47,7 @@ if sanitize:
 
 sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
 define_macros = []
-extra = {"cxx": opt + isa}
+extra = {"cxx": opt + isa + openmp}
 if with_cuda:
     sources += sorted(glob.glob("csrc/cuda/*.cu"))
     define_macros.append(("WITH_CUDA", None))
@@ -59,7 +63,7 @@ setup(
     package_dir={"": "python"},
     ext_modules=[
         ext_cls("poolops._C", sources, define_macros=define_macros, extra_compile_args=extra,
-                extra_link_args=san if sanitize else [])
+                extra_link_args=openmp + (san if sanitize else []))
     ],
     cmdclass={"build_ext": BuildExtension},
 )
