@@ -1,6 +1,7 @@
 #include "conv_args.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
@@ -67,7 +68,11 @@ void for_each_image(const Conv2dGeom& g, const at::TensorOptions& options, bool 
     return channels_last ? at::empty({g.ohw(), K}, options) : at::empty({K, g.ohw()}, options);
   };
   if (parallel && g.N > 1) {
+    // The body calls ATen ops: the worker threads need this thread's dispatch
+    // state (autograd excluded inside a kernel, grad mode, ...).
+    const at::ThreadLocalState state;
     at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
+      const at::ThreadLocalStateGuard guard(state);
       const at::Tensor cols = scratch();
       for (int64_t n = begin; n < end; ++n) body(n, cols);
     });
