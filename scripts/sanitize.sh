@@ -10,7 +10,7 @@ work="${TMPDIR:-/tmp}/poolops-sanitize"
 rm -rf "$work" && mkdir -p "$work"
 git ls-files -z | xargs -0 tar -cf - | tar -C "$work" -xf -
 cd "$work"
-POOLOPS_CUDA=0 POOLOPS_SANITIZE=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$venv/bin/python" setup.py build_ext --inplace > sanitize-build.log 2>&1 \
+FORCE_CUDA=0 POOLOPS_CUDA=0 POOLOPS_SANITIZE=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$venv/bin/python" setup.py build_ext --inplace > sanitize-build.log 2>&1 \
   || { tail -n 30 sanitize-build.log; exit 1; }
 preload="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1"
