@@ -24,6 +24,7 @@ from torch.utils.benchmark import Timer
 
 import poolops
 import poolops.functional as P
+from poolops._args import same_padding
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Case:
     theirs: Callable
     out_bytes: Callable  # (x, output) -> bytes written by the forward, indices included
     with_backward: bool = True
+    copy_bytes: Callable | None = None  # x -> bytes of the padded copy `theirs` makes (padding='same' cases)
 
 
 def _elt(x):
@@ -118,18 +120,43 @@ def run_case(case, device, dtype, layout, mode, min_run_time):
         gt = torch.autograd.grad(yt, xt, g, retain_graph=True)[0]
         moved = _elt(g) + case.out_bytes(x, g) - _elt(g) + _elt(g) + _elt(x)  # grad_out + saved state + grad_in
         diff = (gm.double() - gt.double()).abs().max().item()
-    return dict(op=case.op, case=case.name, shape=list(case.shape), device=device, dtype=str(dtype).replace("torch.", ""),
-                layout="NHWC" if layout == torch.channels_last else "NCHW", mode=mode, torch_ms=t_theirs,
-                poolops_ms=t_mine, speedup=t_theirs / t_mine, gbps=moved / t_mine / 1e6, max_abs_diff=diff)
+    row = dict(op=case.op, case=case.name, shape=list(case.shape), device=device, dtype=str(dtype).replace("torch.", ""),
+               layout="NHWC" if layout == torch.channels_last else "NCHW", mode=mode, torch_ms=t_theirs,
+               poolops_ms=t_mine, speedup=t_theirs / t_mine, gbps=moved / t_mine / 1e6, max_abs_diff=diff)
+    if case.copy_bytes is not None and mode == "forward":
+        row.update(peak_memory(case, x))
+    return row
+
+
+def peak_memory(case, x):
+    """Memory a forward allocates beyond its input: measured on CUDA (peak
+    allocated during the call); on CPU, where torch keeps no allocator
+    statistics, the output plus the padded copy that `theirs` makes."""
+    if x.device.type == "cuda":
+        def peak(fn):
+            with torch.no_grad():
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                fn(x)
+                torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated() - base
+
+        return dict(peak_torch=peak(case.theirs), peak_mine=peak(case.mine), peak_how="measured")
+    with torch.no_grad():
+        out = _elt(_first(case.mine(x)))
+    return dict(peak_torch=out + case.copy_bytes(x), peak_mine=out, peak_how="output + padded copy")
 
 
 def format_table(rows, copy_gbps):
-    head = ["device", "op", "mode", "case", "layout", "dtype", "torch ms", "poolops ms", "speedup", "GB/s", "% copy", "max |diff|"]
+    head = ["device", "op", "mode", "case", "layout", "dtype", "torch ms", "poolops ms", "speedup", "GB/s", "% copy",
+            "max |diff|", "memory torch/poolops"]
     lines = [head]
     for r in rows:
+        mem = f"{r['peak_torch'] / 2**20:.1f} / {r['peak_mine'] / 2**20:.1f} MiB ({r['peak_how']})" if "peak_how" in r else ""
         lines.append([r["device"], r["op"], r["mode"], r["case"], r["layout"], r["dtype"], f"{r['torch_ms']:.3f}",
                       f"{r['poolops_ms']:.3f}", f"{r['speedup']:.2f}x", f"{r['gbps']:.1f}",
-                      f"{100 * r['gbps'] / copy_gbps[r['device']]:.0f}%", f"{r['max_abs_diff']:.1e}"])
+                      f"{100 * r['gbps'] / copy_gbps[r['device']]:.0f}%", f"{r['max_abs_diff']:.1e}", mem])
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     fmt = lambda line: "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |"  # noqa: E731
     return "\n".join([fmt(lines[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(l) for l in lines[1:]])
@@ -206,7 +233,31 @@ def cases(quick: bool) -> list[Case]:  # noqa: F811
         ("ResNet 3x3 s2 64->128", (n, 64, 56, 56), (64, 128, 3, 2, 1, 1)),
         ("ResNet 1x1 s2 256->512", (n, 256, 56, 56) if not quick else (n, 256, 28, 28), (256, 512, 1, 2, 0, 1)),
     ]
-    return _max_pool_cases(quick) + [Case("conv2d", name, shape, *_conv(*args)) for name, shape, args in conv]
+    return _max_pool_cases(quick) + [Case("conv2d", name, shape, *_conv(*args)) for name, shape, args in conv] + \
+        _same_cases(quick)
+
+
+# --- padding='same' at stride 2 (EfficientNet-like): poolops pads inside the kernels; `theirs` is
+# timm's MaxPool2dSame / Conv2dSame approach, F.pad to TensorFlow's padding, then torch's op ---
+
+def _tf_pad(x, k, s, value=0.0):
+    top, bottom, left, right = same_padding(x.shape[-2:], [k], [s], [1])
+    return F.pad(x, [left, right, top, bottom], value=value)
+
+
+def _same_cases(quick: bool) -> list[Case]:
+    n = 8 if quick else 32
+    shape = (n, 64, 56, 56) if quick else (n, 64, 112, 112)
+    copy = lambda x: _elt(_tf_pad(x[:1], 3, 2)) * x.shape[0]  # noqa: E731
+    out = [Case("max_pool2d same", "EfficientNet-like maxpool 3/2 'same'", shape,
+                lambda x: P.max_pool2d(x, 3, 2, "same"), lambda x: F.max_pool2d(_tf_pad(x, 3, 2, float("-inf")), 3, 2),
+                lambda x, y: _elt(y), copy_bytes=copy)]
+    w = torch.randn(64, 1, 3, 3, generator=torch.Generator().manual_seed(0)) / 3
+    out.append(Case("conv2d same", "EfficientNet depthwise 3x3 s2 'same'", shape,
+                    lambda x: P.conv2d(x, w.to(x.device, x.dtype), None, 2, "same", 1, 64),
+                    lambda x: F.conv2d(_tf_pad(x, 3, 2), w.to(x.device, x.dtype), None, 2, 0, 1, 64),
+                    lambda x, y: _elt(y), copy_bytes=copy))
+    return out
 
 
 if __name__ == "__main__":
