@@ -8,6 +8,7 @@
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
+#include <array>
 #include <vector>
 
 namespace poolops {
@@ -18,6 +19,13 @@ std::vector<int64_t> expand_param(at::IntArrayRef v, const char* name) {
               " to be a single integer value or a list of 2 values to match the convolution dimensions, but got ",
               name, "=", v);
   return v.size() == 1 ? std::vector<int64_t>{v[0], v[0]} : std::vector<int64_t>{v[0], v[1]};
+}
+
+// Padding as [top, bottom, left, right]: given so, or one int / one per dim for both sides.
+std::array<int64_t, 4> expand_padding(at::IntArrayRef v) {
+  if (v.size() == 4) return {v[0], v[1], v[2], v[3]};
+  const auto p = expand_param(v, "padding");
+  return {p[0], p[0], p[1], p[1]};
 }
 
 bool suggests_channels_last(const at::Tensor& t) {
@@ -48,7 +56,7 @@ void check_grad_output(const at::Tensor& grad_output, const Conv2dGeom& g) {
 // True when im2col would copy the input unchanged (1x1, stride 1, no padding):
 // the columns are then a view of the input.
 bool columns_are_input(const Conv2dGeom& g) {
-  return g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
+  return g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0 && g.OH == g.H && g.OW == g.W;
 }
 
 // The weight as the (OC, K/groups) matrix matching the column layout.
@@ -103,7 +111,7 @@ Conv2dGeom check_conv2d(const at::Tensor& input, const at::Tensor& weight, const
   TORCH_CHECK(weight.dim() == 4, "expected stride to be a single integer value or a list of ", weight.dim() - 2,
               " values to match the convolution dimensions, but got stride=", stride_);
   const auto stride = expand_param(stride_, "stride");
-  const auto padding = expand_param(padding_, "padding");
+  const auto padding = expand_padding(padding_);
   const auto dilation = expand_param(dilation_, "dilation");
   TORCH_CHECK(groups > 0, "non-positive groups is not supported");
   const bool has_bias = bias.has_value() && bias->defined();
@@ -111,7 +119,8 @@ Conv2dGeom check_conv2d(const at::Tensor& input, const at::Tensor& weight, const
     TORCH_CHECK(bias->scalar_type() == input.scalar_type(), "Input type (", input.dtype(), ") and bias type (",
                 bias->dtype(), ") should be the same");
   }
-  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, "negative padding is not supported");
+  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0 && padding[2] >= 0 && padding[3] >= 0,
+              "negative padding is not supported");
   TORCH_CHECK(stride[0] > 0 && stride[1] > 0, "non-positive stride is not supported");
   TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, "dilation should be greater than zero, but got ",
               at::IntArrayRef(dilation));
@@ -138,19 +147,21 @@ Conv2dGeom check_conv2d(const at::Tensor& input, const at::Tensor& weight, const
   g.sh = stride[0];
   g.sw = stride[1];
   g.ph = padding[0];
-  g.pw = padding[1];
+  g.pw = padding[2];
   g.dh = dilation[0];
   g.dw = dilation[1];
   g.groups = groups;
   const int64_t eff_h = g.dh * (g.kh - 1) + 1;
   const int64_t eff_w = g.dw * (g.kw - 1) + 1;
-  TORCH_CHECK(g.H + 2 * g.ph >= eff_h && g.W + 2 * g.pw >= eff_w, "Calculated padded input size per channel: (",
-              g.H + 2 * g.ph, " x ", g.W + 2 * g.pw, "). Kernel size: (", eff_h, " x ", eff_w,
+  const int64_t padded_h = g.H + padding[0] + padding[1];
+  const int64_t padded_w = g.W + padding[2] + padding[3];
+  TORCH_CHECK(padded_h >= eff_h && padded_w >= eff_w, "Calculated padded input size per channel: (", padded_h,
+              " x ", padded_w, "). Kernel size: (", eff_h, " x ", eff_w,
               "). Kernel size can't be greater than actual input size");
   TORCH_CHECK(weight.scalar_type() == input.scalar_type(), "expected scalar type ", input.scalar_type(),
               " but found ", weight.scalar_type());
-  g.OH = conv_output_size(g.H, g.kh, g.sh, g.ph, g.dh);
-  g.OW = conv_output_size(g.W, g.kw, g.sw, g.pw, g.dw);
+  g.OH = sweep_output_size(g.H, eff_h, g.sh, padding[0], padding[1]);
+  g.OW = sweep_output_size(g.W, eff_w, g.sw, padding[2], padding[3]);
   return g;
 }
 

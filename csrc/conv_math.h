@@ -12,7 +12,8 @@
 namespace poolops {
 
 // Geometry of one conv2d call. Input (N, C, H, W), weight (OC, C / groups, kh, kw),
-// output (N, OC, OH, OW).
+// output (N, OC, OH, OW). ph and pw are the top and left padding; the bottom
+// and right padding only show in OH and OW.
 struct Conv2dGeom {
   int64_t N, C, H, W, OC, OH, OW;
   int64_t kh, kw, sh, sw, ph, pw, dh, dw;
@@ -25,8 +26,12 @@ struct Conv2dGeom {
   C10_HOST_DEVICE int64_t ohw() const { return OH * OW; }
 };
 
-C10_HOST_DEVICE inline int64_t conv_output_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
-  return floor_div(in + 2 * p - d * (k - 1) - 1, s) + 1;
+// Positions a sweep over `in` padded by p_begin touches, padding included:
+// the input itself and every window's extent.
+C10_HOST_DEVICE inline int64_t conv_padded_extent(int64_t in, int64_t out, int64_t k, int64_t s, int64_t p_begin,
+                                                  int64_t d) {
+  const int64_t windows = (out - 1) * s + d * (k - 1) + 1;
+  return in + p_begin > windows ? in + p_begin : windows;
 }
 
 // Input position read by output o through tap t (may lie in the padding).

@@ -24,6 +24,19 @@ int64_t checked_output_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t
   return pool_output_size(in, k, s, p, d, ceil_mode);
 }
 
+// One dim of padding given as [begin, end]: any pads that leave a real element
+// in the span of the first and the last window.
+int64_t checked_sided_output_size(int64_t in, int64_t k, int64_t s, int64_t p_begin, int64_t p_end, int64_t d) {
+  TORCH_CHECK(s != 0, "stride should not be zero");
+  const int64_t eff = (k - 1) * d + 1;
+  for (const int64_t p : {p_begin, p_end}) {
+    TORCH_CHECK(p >= 0, "pad must be non-negative, but got pad: ", p);
+    TORCH_CHECK(p < eff, "max_pool2d: each pad must be smaller than the effective kernel size, but got pad=", p,
+                ", kernel_size=", k, " and dilation=", d);
+  }
+  return sweep_output_size(in, eff, s, p_begin, p_end);
+}
+
 }  // namespace
 
 bool wants_channels_last(const at::Tensor& input) {
@@ -48,17 +61,19 @@ Pool2dGeom check_max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size
   check_pair(kernel_size, "kernel_size", false);
   TORCH_CHECK(stride.empty() || stride.size() == 1 || stride.size() == 2,
               "max_pool2d: stride must either be omitted, a single int, or a tuple of two ints");
-  TORCH_CHECK(padding.size() == 1 || padding.size() == 2,
+  TORCH_CHECK(padding.size() == 1 || padding.size() == 2 || padding.size() == 4,
               "max_pool2d: padding must either be a single int, or a tuple of two ints");
   TORCH_CHECK(dilation.size() == 1 || dilation.size() == 2,
               "max_pool2d: dilation must be either a single int, or a tuple of two ints");
+  const bool sided = padding.size() == 4;  // [top, bottom, left, right]
+  TORCH_CHECK(!sided || !ceil_mode, "max_pool2d: ceil_mode is not supported with padding [top, bottom, left, right]");
   Pool2dGeom g{};
   g.kh = first_or_second(kernel_size, 0);
   g.kw = first_or_second(kernel_size, 1);
   g.sh = stride.empty() ? g.kh : first_or_second(stride, 0);
   g.sw = stride.empty() ? g.kw : first_or_second(stride, 1);
-  g.ph = first_or_second(padding, 0);
-  g.pw = first_or_second(padding, 1);
+  g.ph = sided ? padding[0] : first_or_second(padding, 0);
+  g.pw = sided ? padding[2] : first_or_second(padding, 1);
   g.dh = first_or_second(dilation, 0);
   g.dw = first_or_second(dilation, 1);
 
@@ -69,8 +84,10 @@ Pool2dGeom check_max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size
   g.H = input.size(-2);
   g.W = input.size(-1);
 
-  g.OH = checked_output_size(g.H, g.kh, g.sh, g.ph, g.dh, ceil_mode);
-  g.OW = checked_output_size(g.W, g.kw, g.sw, g.pw, g.dw, ceil_mode);
+  g.OH = sided ? checked_sided_output_size(g.H, g.kh, g.sh, padding[0], padding[1], g.dh)
+               : checked_output_size(g.H, g.kh, g.sh, g.ph, g.dh, ceil_mode);
+  g.OW = sided ? checked_sided_output_size(g.W, g.kw, g.sw, padding[2], padding[3], g.dw)
+               : checked_output_size(g.W, g.kw, g.sw, g.pw, g.dw, ceil_mode);
 
   TORCH_CHECK(g.kw > 0 && g.kh > 0, "kernel size should be greater than zero, but got kH: ", g.kh, " kW: ", g.kw);
   TORCH_CHECK(g.sw > 0 && g.sh > 0, "stride should be greater than zero, but got dH: ", g.sh, " dW: ", g.sw);
@@ -79,7 +96,7 @@ Pool2dGeom check_max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size
   TORCH_CHECK(g.C > 0 && g.H > 0 && g.W > 0,
               "Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for input, but got:",
               input.sizes());
-  TORCH_CHECK(g.kw / 2 >= g.pw && g.kh / 2 >= g.ph,
+  TORCH_CHECK(sided || (g.kw / 2 >= g.pw && g.kh / 2 >= g.ph),
               "pad should be smaller than or equal to half of kernel size, but got padW = ", g.pw,
               ", padH = ", g.ph, ", kW = ", g.kw, ", kH = ", g.kh);
   TORCH_CHECK(g.OW >= 1 && g.OH >= 1, "Given input size: (", g.C, "x", g.H, "x", g.W,

@@ -19,6 +19,8 @@ struct Range {
 };
 
 // Geometry of one 2-D pooling call. Input (N, C, H, W), output (N, C, OH, OW).
+// ph and pw are the top and left padding; the bottom and right padding only
+// show in OH and OW.
 struct Pool2dGeom {
   int64_t N, C, H, W, OH, OW;
   int64_t kh, kw, sh, sw, ph, pw, dh, dw;
@@ -38,12 +40,18 @@ C10_HOST_DEVICE inline int64_t floor_div(int64_t a, int64_t b) {
   return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
 }
 
+// Number of windows of extent eff, s apart, that fit in `in` positions padded
+// by p_begin before and p_end after (the floor-mode output length).
+C10_HOST_DEVICE inline int64_t sweep_output_size(int64_t in, int64_t eff, int64_t s, int64_t p_begin, int64_t p_end) {
+  return floor_div(in + p_begin + p_end - eff, s) + 1;
+}
+
 // Output length of a pooling window sweep (ATen's pooling_output_shape).
 // In ceil mode a last window that would start in the right padding is dropped.
 C10_HOST_DEVICE inline int64_t pool_output_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d,
                                                 bool ceil_mode) {
   const int64_t eff = d * (k - 1) + 1;
-  int64_t out = floor_div(in + 2 * p - eff + (ceil_mode ? s - 1 : 0), s) + 1;
+  int64_t out = sweep_output_size(in, eff, s, p, p + (ceil_mode ? s - 1 : 0));
   if (ceil_mode && (out - 1) * s >= in + p) {
     --out;
   }

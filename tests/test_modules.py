@@ -97,8 +97,8 @@ def test_conv2d_module_loads_torch_checkpoint_and_checks_like_torch():
     x = torch.randn(2, 3, 16, 16)
     torch.testing.assert_close(mine(x), theirs(x))
     torch.testing.assert_close(mine(x[0]), theirs(x[0]))
-    with pytest.raises(ValueError, match="padding='same' is not supported for strided convolutions"):
-        pnn.Conv2d(3, 8, 3, 2, padding="same")
+    # Unlike torch, poolops takes 'same' at any stride (TensorFlow's; see tests/test_same_padding.py).
+    assert pnn.Conv2d(3, 8, 3, 2, padding="same")(x).shape == (2, 8, 8, 8)
     with pytest.raises(ValueError, match="padding_mode"):
         pnn.Conv2d(3, 8, 3, padding_mode="foo")
     m = pnn.Conv2d(3, 8, 3, padding=5, padding_mode="reflect")

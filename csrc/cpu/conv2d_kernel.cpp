@@ -188,7 +188,8 @@ struct PhaseBuffer {
   int64_t rows, slots;  // padded rows; slots per phase row
 
   explicit PhaseBuffer(const Conv2dGeom& g)
-      : rows(g.H + 2 * g.ph), slots((g.W + 2 * g.pw + g.sw - 1) / g.sw) {}
+      : rows(conv_padded_extent(g.H, g.OH, g.kh, g.sh, g.ph, g.dh)),
+        slots((conv_padded_extent(g.W, g.OW, g.kw, g.sw, g.pw, g.dw) + g.sw - 1) / g.sw) {}
   int64_t size(const Conv2dGeom& g) const { return rows * g.sw * slots; }
   // Start of the run read by output row oh, tap (i, j): entry ow is the input
   // (padded) at row oh*sh + i*dh, column ow*sw + j*dw.

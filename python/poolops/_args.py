@@ -50,10 +50,48 @@ def _trunc_div(a, b):
 
 def pool_output_size(size, k, s, p, d, ceil_mode):
     eff = d * (k - 1) + 1
-    out = (size + 2 * p - eff + (s - 1 if ceil_mode else 0)) // s + 1
+    out = sweep_output_size(size, eff, s, p, p + (s - 1 if ceil_mode else 0))
     if ceil_mode and (out - 1) * s >= size + p:
         out -= 1
     return out
+
+
+def sweep_output_size(size, eff, s, p_begin, p_end):
+    """Windows of extent eff, s apart, in size positions padded by p_begin and p_end (floor mode)."""
+    return (size + p_begin + p_end - eff) // s + 1
+
+
+def same_padding(size, kernel_size, stride, dilation) -> list:
+    """TensorFlow's padding='same' for a spatial size (H, W), as [top, bottom, left, right]:
+    the output is ceil(size / stride), the total padding
+    max((out - 1) * stride + dilation * (k - 1) + 1 - size, 0), and an odd
+    total puts the extra pixel at the bottom/right. Parameters the ops will
+    reject (non-positive, wrong length) give zeros, so the op reports them."""
+    params = [kernel_size, stride, dilation]
+    if any(len(v) not in (1, 2) for v in params) or any(x <= 0 for v in params for x in v):
+        return [0, 0, 0, 0]
+    pads = []
+    for i in range(2):
+        k, s, d = _pick(kernel_size, i), _pick(stride, i), _pick(dilation, i)
+        out = -(-size[i] // s)
+        total = torch.sym_max((out - 1) * s + d * (k - 1) + 1 - size[i], 0)
+        pads += [total // 2, total - total // 2]
+    return pads
+
+
+def top_left_padding(padding):
+    """The (top, left) padding of a 1-, 2- or 4-element ([top, bottom, left, right]) padding list."""
+    return (padding[0], padding[2]) if len(padding) == 4 else (_pick(padding, 0), _pick(padding, 1))
+
+
+def _checked_sided_output_size(size, k, s, p_begin, p_end, d):
+    torch._check(s != 0, lambda: "stride should not be zero")
+    eff = (k - 1) * d + 1
+    for p in (p_begin, p_end):
+        torch._check(p >= 0, lambda: f"pad must be non-negative, but got pad: {p}")
+        torch._check(p < eff, lambda: "max_pool2d: each pad must be smaller than the effective kernel size, but got "
+                     f"pad={p}, kernel_size={k} and dilation={d}")
+    return sweep_output_size(size, eff, s, p_begin, p_end)
 
 
 def _checked_output_size(size, k, s, p, d, ceil_mode):
@@ -73,18 +111,25 @@ def max_pool2d_output_shape(shape, kernel_size, stride, padding, dilation, ceil_
                  lambda: "max_pool2d: kernel_size must either be a single int, or a tuple of two ints")
     torch._check(len(stride) in (0, 1, 2),
                  lambda: "max_pool2d: stride must either be omitted, a single int, or a tuple of two ints")
-    torch._check(len(padding) in (1, 2),
+    torch._check(len(padding) in (1, 2, 4),
                  lambda: "max_pool2d: padding must either be a single int, or a tuple of two ints")
     torch._check(len(dilation) in (1, 2),
                  lambda: "max_pool2d: dilation must be either a single int, or a tuple of two ints")
+    sided = len(padding) == 4  # [top, bottom, left, right]
+    torch._check(not (sided and ceil_mode),
+                 lambda: "max_pool2d: ceil_mode is not supported with padding [top, bottom, left, right]")
     kh, kw = _pick(kernel_size, 0), _pick(kernel_size, 1)
     sh, sw = (kh, kw) if len(stride) == 0 else (_pick(stride, 0), _pick(stride, 1))
-    ph, pw = _pick(padding, 0), _pick(padding, 1)
+    ph, pw = top_left_padding(padding)
     dh, dw = _pick(dilation, 0), _pick(dilation, 1)
     torch._check(len(shape) in (3, 4), lambda: "non-empty 3D or 4D (batch mode) tensor expected for input")
     C, H, W = shape[-3:]
-    oh = _checked_output_size(H, kh, sh, ph, dh, ceil_mode)
-    ow = _checked_output_size(W, kw, sw, pw, dw, ceil_mode)
+    if sided:
+        oh = _checked_sided_output_size(H, kh, sh, padding[0], padding[1], dh)
+        ow = _checked_sided_output_size(W, kw, sw, padding[2], padding[3], dw)
+    else:
+        oh = _checked_output_size(H, kh, sh, ph, dh, ceil_mode)
+        ow = _checked_output_size(W, kw, sw, pw, dw, ceil_mode)
     torch._check(kh > 0 and kw > 0, lambda: f"kernel size should be greater than zero, but got kH: {kh} kW: {kw}")
     torch._check(sh > 0 and sw > 0, lambda: f"stride should be greater than zero, but got dH: {sh} dW: {sw}")
     torch._check(dh > 0 and dw > 0,
@@ -92,7 +137,7 @@ def max_pool2d_output_shape(shape, kernel_size, stride, padding, dilation, ceil_
     torch._check(C > 0 and H > 0 and W > 0,
                  lambda: "Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for input, "
                  f"but got:{list(shape)}")
-    torch._check(kw // 2 >= pw and kh // 2 >= ph,
+    torch._check(sided or (kw // 2 >= pw and kh // 2 >= ph),
                  lambda: f"pad should be smaller than or equal to half of kernel size, but got padW = {pw}, "
                  f"padH = {ph}, kW = {kw}, kH = {kh}")
     torch._check(oh >= 1 and ow >= 1,
@@ -212,15 +257,18 @@ def conv2d_output_shape(input, weight, bias, stride, padding, dilation, groups) 
                  f"match the convolution dimensions, but got stride={list(stride)}")
     params = {}
     for name, v in (("stride", stride), ("padding", padding), ("dilation", dilation)):
-        torch._check(len(v) in (1, 2), lambda: f"expected {name} to be a single integer value or a list of 2 values "
+        torch._check(len(v) in (1, 2) or (name == "padding" and len(v) == 4),
+                     lambda: f"expected {name} to be a single integer value or a list of 2 values "
                      f"to match the convolution dimensions, but got {name}={list(v)}")
         params[name] = [v[0], v[0]] if len(v) == 1 else list(v)
-    (sh, sw), (ph, pw), (dh, dw) = params["stride"], params["padding"], params["dilation"]
+    (sh, sw), (dh, dw) = params["stride"], params["dilation"]
+    pads = params["padding"]
+    pt, pb, pl, pr = pads if len(pads) == 4 else (pads[0], pads[0], pads[1], pads[1])
     torch._check(groups > 0, lambda: "non-positive groups is not supported")
     if bias is not None:
         torch._check(bias.dtype == input.dtype,
                      lambda: f"Input type ({_c_name(input.dtype)}) and bias type ({_c_name(bias.dtype)}) should be the same")
-    torch._check(ph >= 0 and pw >= 0, lambda: "negative padding is not supported")
+    torch._check(min(pt, pb, pl, pr) >= 0, lambda: "negative padding is not supported")
     torch._check(sh > 0 and sw > 0, lambda: "non-positive stride is not supported")
     torch._check(dh > 0 and dw > 0, lambda: f"dilation should be greater than zero, but got {[dh, dw]}")
     OC = wshape[0]
@@ -237,11 +285,11 @@ def conv2d_output_shape(input, weight, bias, stride, padding, dilation, groups) 
                      f"but got bias of size {list(bias.shape)} instead")
     N, _, H, W = shape
     eh, ew = dh * (wshape[2] - 1) + 1, dw * (wshape[3] - 1) + 1
-    torch._check(H + 2 * ph >= eh and W + 2 * pw >= ew,
-                 lambda: f"Calculated padded input size per channel: ({H + 2 * ph} x {W + 2 * pw}). Kernel size: "
+    torch._check(H + pt + pb >= eh and W + pl + pr >= ew,
+                 lambda: f"Calculated padded input size per channel: ({H + pt + pb} x {W + pl + pr}). Kernel size: "
                  f"({eh} x {ew}). Kernel size can't be greater than actual input size")
     torch._check(weight.dtype == input.dtype, lambda: f"expected scalar type {_aten_name(input.dtype)} but found {_aten_name(weight.dtype)}")
-    return [N, OC, (H + 2 * ph - eh) // sh + 1, (W + 2 * pw - ew) // sw + 1]
+    return [N, OC, sweep_output_size(H, eh, sh, pt, pb), sweep_output_size(W, ew, sw, pl, pr)]
 
 
 def conv_memory_format(a: torch.Tensor, b: torch.Tensor) -> torch.memory_format:

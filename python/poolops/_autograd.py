@@ -2,6 +2,8 @@
 torch ops), so double backward and torch.compile work."""
 import torch
 
+from ._args import top_left_padding
+
 _ops = torch.ops.poolops
 
 
@@ -39,11 +41,12 @@ def _taps_to_indices(taps, input_size, kernel_size, stride, padding, dilation):
 
     kw = pick(kernel_size, 1)
     sh, sw = (pick(kernel_size, 0), kw) if len(stride) == 0 else (pick(stride, 0), pick(stride, 1))
+    top, left = top_left_padding(padding)
     oh = torch.arange(taps.shape[-2], device=taps.device).view(-1, 1)
     ow = torch.arange(taps.shape[-1], device=taps.device)
     t = taps.long()
-    h = oh * sh - pick(padding, 0) + (t // kw) * pick(dilation, 0)
-    w = ow * sw - pick(padding, 1) + (t % kw) * pick(dilation, 1)
+    h = oh * sh - top + (t // kw) * pick(dilation, 0)
+    w = ow * sw - left + (t % kw) * pick(dilation, 1)
     return torch.where(taps == 255, -1, h * input_size[-1] + w)
 
 

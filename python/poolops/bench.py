@@ -28,6 +28,7 @@ from torch.utils.benchmark import Timer
 
 import poolops
 import poolops.functional as P
+from poolops._args import same_padding
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Case:
     theirs: Callable
     out_bytes: Callable  # (x, y) -> bytes the forward writes (indices included)
     backward: bool = True
+    copy_bytes: Callable | None = None  # x -> bytes of the padded copy `theirs` makes ('same' cases)
 
 
 def _elt(t):
@@ -105,7 +107,30 @@ def cases(quick: bool) -> list[Case]:
         Case("conv2d", "ResNet 1x1 s2 256->512", (n, 256, 56, 56) if not quick else (n, 256, 28, 28),
              **_conv(256, 512, 1, 2, 0, 1)),
     ]
-    return c
+    return c + _same_cases(quick)
+
+
+# padding='same' at stride 2 (EfficientNet-like): poolops pads inside the kernels;
+# `theirs` is timm's MaxPool2dSame / Conv2dSame approach: F.pad to TensorFlow's
+# padding, then torch's op.
+def _tf_pad(x, k, s, value=0.0):
+    top, bottom, left, right = same_padding(x.shape[-2:], [k], [s], [1])
+    return F.pad(x, [left, right, top, bottom], value=value)
+
+
+def _same_cases(quick: bool) -> list[Case]:
+    shape = (8, 64, 56, 56) if quick else (32, 64, 112, 112)
+    copy = lambda x: _elt(_tf_pad(x[:1], 3, 2)) * x.shape[0]  # noqa: E731
+    w = torch.randn(64, 1, 3, 3, generator=torch.Generator().manual_seed(0)) / 3
+    return [
+        Case("max_pool2d same", "EfficientNet-like maxpool 3/2 'same'", shape,
+             mine=lambda x: P.max_pool2d(x, 3, 2, "same"),
+             theirs=lambda x: F.max_pool2d(_tf_pad(x, 3, 2, float("-inf")), 3, 2), out_bytes=_values, copy_bytes=copy),
+        Case("conv2d same", "EfficientNet depthwise 3x3 s2 'same'", shape,
+             mine=lambda x: P.conv2d(x, w.to(x.device, x.dtype), None, 2, "same", 1, 64),
+             theirs=lambda x: F.conv2d(_tf_pad(x, 3, 2), w.to(x.device, x.dtype), None, 2, 0, 1, 64),
+             out_bytes=_values, copy_bytes=copy),
+    ]
 
 
 def _first(y):
@@ -161,7 +186,29 @@ def run_case(case, device, dtype, layout, mode, min_run_time):
         diff = (gm.double() - gt.double()).abs().max().item()
     row.update(torch_ms=t_theirs, poolops_ms=t_mine, speedup=t_theirs / t_mine, gbps=moved / t_mine / 1e6,
                max_abs_diff=diff)
+    if case.copy_bytes is not None and mode == "forward":
+        row.update(peak_memory(case, x))
     return row
+
+
+def peak_memory(case, x):
+    """Memory a forward allocates beyond its input: measured on CUDA (peak
+    allocated during the call); on CPU, where torch keeps no allocator
+    statistics, the output plus the padded copy that `theirs` makes."""
+    if x.device.type == "cuda":
+        def peak(fn):
+            with torch.no_grad():
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                fn(x)
+                torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated() - base
+
+        return dict(peak_torch=peak(case.theirs), peak_mine=peak(case.mine), peak_how="measured")
+    with torch.no_grad():
+        out = _elt(_first(case.mine(x)))
+    return dict(peak_torch=out + case.copy_bytes(x), peak_mine=out, peak_how="output + padded copy")
 
 
 def sweep(device, dtype, min_run_time, quick):
@@ -181,13 +228,14 @@ def _kb(n):
 
 def format_table(rows, copy_gbps):
     head = ["device", "op", "pass", "case", "layout", "dtype", "torch ms", "poolops ms", "speedup", "GB/s", "% copy",
-            "saved torch/poolops", "max |diff|"]
+            "saved torch/poolops", "max |diff|", "memory torch/poolops"]
     lines = [head]
     for r in rows:
         saved = f"{_kb(r['saved_torch'])} / {_kb(r['saved_mine'])}" if "saved_mine" in r else ""
+        mem = f"{_kb(r['peak_torch'])} / {_kb(r['peak_mine'])} ({r['peak_how']})" if "peak_how" in r else ""
         lines.append([r["device"], r["op"], r["mode"], r["case"], r["layout"], r["dtype"], f"{r['torch_ms']:.3f}",
                       f"{r['poolops_ms']:.3f}", f"{r['speedup']:.2f}x", f"{r['gbps']:.1f}",
-                      f"{100 * r['gbps'] / copy_gbps[r['device']]:.0f}%", saved, f"{r['max_abs_diff']:.1e}"])
+                      f"{100 * r['gbps'] / copy_gbps[r['device']]:.0f}%", saved, f"{r['max_abs_diff']:.1e}", mem])
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
 
     def fmt(line):

@@ -1,7 +1,7 @@
 """Functional API with the signatures of torch.nn.functional."""
 import torch
 
-from ._args import adaptive_output_size, check_tensor, int_list
+from ._args import adaptive_output_size, check_tensor, int_list, same_padding
 
 _ops = torch.ops.poolops
 
@@ -17,13 +17,19 @@ __all__ = [
 ]
 
 
-def _pool_params(op, kernel_size, stride, padding, dilation):
-    return (
-        int_list(kernel_size, "kernel_size", op),
-        [] if stride is None else int_list(stride, "stride", op),
-        int_list(padding, "padding", op),
-        int_list(dilation, "dilation", op),
-    )
+def _max_pool_params(input, kernel_size, stride, padding, dilation, ceil_mode):
+    op = "max_pool2d"
+    kernel = int_list(kernel_size, "kernel_size", op)
+    strides = [] if stride is None else int_list(stride, "stride", op)
+    dilations = int_list(dilation, "dilation", op)
+    if padding in ("same", "valid"):
+        if padding == "valid":
+            padding = 0
+        elif ceil_mode:
+            raise RuntimeError("max_pool2d: padding='same' does not take ceil_mode")
+        else:
+            padding = same_padding(input.shape[-2:], kernel, strides or kernel, dilations)
+    return kernel, strides, int_list(padding, "padding", op), dilations
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
@@ -32,9 +38,17 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     plane (max_unpool2d accepts them); ties go to the first element in
     row-major order and NaN propagates. Without return_indices, no indices are
     written when no gradient is needed, and for training only the argmax's tap
-    within its window is kept (one byte per output instead of eight)."""
+    within its window is kept (one byte per output instead of eight).
+
+    padding may also be 'valid' (0) or 'same', TensorFlow's: the output is
+    ceil(input / stride) and the padding, max((out - 1) * stride +
+    dilation * (k - 1) + 1 - input, 0) per dim with the odd pixel at the
+    bottom/right, is never selected. It is applied inside the kernels, with no
+    padded copy of the input. Explicit padding may be given per side as four
+    ints [top, bottom, left, right] (each below the effective kernel size,
+    without ceil_mode)."""
     check_tensor(input, "max_pool2d")
-    params = _pool_params("max_pool2d", kernel_size, stride, padding, dilation)
+    params = _max_pool_params(input, kernel_size, stride, padding, dilation, ceil_mode)
     if return_indices:
         return _ops.max_pool2d_with_indices(input, *params, bool(ceil_mode))
     if torch.is_grad_enabled() and input.requires_grad:
@@ -97,28 +111,12 @@ def global_max_pool2d(input, return_indices=False):
     return (out, indices) if return_indices else out
 
 
-def _same_padding(input, weight, stride, dilation):
-    """padding='same' (stride 1 only): total d*(k-1) per dim, left = total // 2.
-    An odd total pads the extra right/bottom column/row explicitly, as ATen does."""
-    import warnings
-
-    from ._args import conv_param
-
-    if any(s != 1 for s in conv_param(stride, "stride")):
-        raise RuntimeError("padding='same' is not supported for strided convolutions")
-    dh, dw = conv_param(dilation, "dilation")[:2]
-    total = [dh * (weight.shape[-2] - 1), dw * (weight.shape[-1] - 1)]
-    extra = [t % 2 for t in total]
-    if any(extra):
-        warnings.warn("Using padding='same' with even kernel lengths and odd dilation may require a zero-padded "
-                      "copy of the input be created")
-        input = torch.nn.functional.pad(input, [0, extra[1], 0, extra[0]])
-    return input, [total[0] // 2, total[1] // 2]
-
-
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D convolution over (N, C, H, W) or (C, H, W) input, like
-    torch.nn.functional.conv2d (padding may be 'valid' or 'same'). Dense
+    torch.nn.functional.conv2d. padding may also be 'valid' or 'same' at any
+    stride, TensorFlow's 'same' (see max_pool2d; at stride 1 it is torch's),
+    applied inside the kernels without a padded copy of the input, or four
+    ints [top, bottom, left, right]. Dense
     convolutions run as im2col plus a BLAS (CPU) or cuBLAS (CUDA) matrix
     product; depthwise ones (groups == C) run a direct kernel. The output is
     channels_last when the input or the weight is."""
@@ -138,7 +136,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         if padding == "valid":
             padding = [0, 0]
         elif padding == "same":
-            input, padding = _same_padding(input, weight, stride, dilation)
+            padding = same_padding(input.shape[-2:], weight.shape[-2:], conv_param(stride, "stride"),
+                                   conv_param(dilation, "dilation"))
         else:
             raise RuntimeError(f"Invalid padding string: '{padding}'")
     else:

@@ -2,8 +2,10 @@
 constructor arguments, defaults, repr and state_dict are torch's own; only
 forward runs the poolops kernels."""
 import torch
+from torch.nn.modules.utils import _pair
 
 from . import functional as F
+from ._args import same_padding
 from ._convert import Swap, convert  # noqa: F401
 
 __all__ = ["MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "GlobalAvgPool2d", "GlobalMaxPool2d",
@@ -65,8 +67,24 @@ class GlobalMaxPool2d(torch.nn.Module):
 class Conv2d(torch.nn.Conv2d):
     __doc__ = torch.nn.Conv2d.__doc__
 
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
+                 padding_mode="zeros", device=None, dtype=None):
+        # torch rejects padding='same' with stride > 1; poolops takes it (TensorFlow's 'same').
+        same = isinstance(padding, str) and padding == "same"
+        super().__init__(in_channels, out_channels, kernel_size, 1 if same else stride, padding, dilation,
+                         groups, bias, padding_mode, device, dtype)
+        if same:
+            self.stride = _pair(stride)
+
+    __init__.__annotations__ = dict(torch.nn.Conv2d.__init__.__annotations__)
+
     def _conv_forward(self, input, weight, bias):
         if self.padding_mode != "zeros":
-            padded = torch.nn.functional.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            pads = self._reversed_padding_repeated_twice
+            if self.padding == "same":
+                top, bottom, left, right = same_padding(input.shape[-2:], self.kernel_size, self.stride,
+                                                        self.dilation)
+                pads = [left, right, top, bottom]
+            padded = torch.nn.functional.pad(input, pads, mode=self.padding_mode)
             return F.conv2d(padded, weight, bias, self.stride, 0, self.dilation, self.groups)
         return F.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
