@@ -15,26 +15,6 @@
 namespace poolops {
 namespace {
 
-// Decodes a linear index in the layout's memory order into (n, c, h, w).
-__device__ inline void decode(int64_t i, int64_t C, int64_t H, int64_t W, bool channels_last, int64_t& n,
-                              int64_t& c, int64_t& h, int64_t& w) {
-  if (channels_last) {
-    c = i % C;
-    i /= C;
-    w = i % W;
-    i /= W;
-    h = i % H;
-    n = i / H;
-  } else {
-    w = i % W;
-    i /= W;
-    h = i % H;
-    i /= H;
-    c = i % C;
-    n = i / C;
-  }
-}
-
 template <typename scalar_t>
 __global__ void im2col_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ cols, Conv2dGeom g,
                               bool channels_last) {
@@ -74,7 +54,7 @@ __global__ void col2im_kernel(const scalar_t* __restrict__ cols, scalar_t* __res
   const int64_t total = g.C * g.H * g.W;
   POOLOPS_GRID_STRIDE_LOOP(idx, total) {
     int64_t n, c, h, w;
-    decode(idx, g.C, g.H, g.W, channels_last, n, c, h, w);
+    decode_nchw(idx, g.C, g.H, g.W, channels_last, n, c, h, w);
     gin[idx] = static_cast<scalar_t>(col2im_gather<scalar_t, acc_t>(cols, g, c, h, w, channels_last));
   }
 }
@@ -89,7 +69,7 @@ __global__ void depthwise_forward_kernel(const scalar_t* __restrict__ x, const s
   const int64_t total = g.N * g.OC * g.ohw();
   POOLOPS_GRID_STRIDE_LOOP(idx, total) {
     int64_t n, oc, oh, ow;
-    decode(idx, g.OC, g.OH, g.OW, channels_last, n, oc, oh, ow);
+    decode_nchw(idx, g.OC, g.OH, g.OW, channels_last, n, oc, oh, ow);
     acc_t v = depthwise_output<scalar_t, acc_t>(x + n * si.n + (oc / m) * si.c, si.h, si.w, wt + oc * g.taps(), g,
                                                 oh, ow);
     if (bias != nullptr) v += static_cast<acc_t>(bias[oc]);
@@ -106,7 +86,7 @@ __global__ void depthwise_backward_input_kernel(const scalar_t* __restrict__ gou
   const int64_t total = g.N * g.C * g.H * g.W;
   POOLOPS_GRID_STRIDE_LOOP(idx, total) {
     int64_t n, c, h, w;
-    decode(idx, g.C, g.H, g.W, channels_last, n, c, h, w);
+    decode_nchw(idx, g.C, g.H, g.W, channels_last, n, c, h, w);
     gin[idx] = static_cast<scalar_t>(depthwise_input_grad<scalar_t, acc_t>(
         gout + n * so.n + c * m * so.c, so.c, so.h, so.w, wt + c * m * g.taps(), g, h, w));
   }

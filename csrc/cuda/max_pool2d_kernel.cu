@@ -10,26 +10,6 @@
 namespace poolops {
 namespace {
 
-// Decodes a linear index in the layout's memory order into (n, c, h, w).
-__device__ inline void decode(int64_t i, int64_t C, int64_t H, int64_t W, bool channels_last, int64_t& n,
-                              int64_t& c, int64_t& h, int64_t& w) {
-  if (channels_last) {
-    c = i % C;
-    i /= C;
-    w = i % W;
-    i /= W;
-    h = i % H;
-    n = i / H;
-  } else {
-    w = i % W;
-    i /= W;
-    h = i % H;
-    i /= H;
-    c = i % C;
-    n = i / C;
-  }
-}
-
 template <typename scalar_t, typename out_t, bool kIdx>
 __global__ void forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
                                out_t* __restrict__ idx, Pool2dGeom g, bool channels_last) {
@@ -38,7 +18,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restr
   const int64_t total = g.N * g.C * g.OH * g.OW;
   POOLOPS_GRID_STRIDE_LOOP(i, total) {
     int64_t n, c, oh, ow;
-    decode(i, g.C, g.OH, g.OW, channels_last, n, c, oh, ow);
+    decode_nchw(i, g.C, g.OH, g.OW, channels_last, n, c, oh, ow);
     acc_t best;
     int64_t arg;
     max_pool_scan(x + n * si.n + c * si.c, si.h, si.w, g.W, max_pool_taps(oh, g.H, g.kh, g.sh, g.ph, g.dh),
@@ -56,7 +36,7 @@ __global__ void backward_kernel(const scalar_t* __restrict__ gout, const stored_
   const int64_t total = g.N * g.C * g.H * g.W;
   POOLOPS_GRID_STRIDE_LOOP(i, total) {
     int64_t n, c, h, w;
-    decode(i, g.C, g.H, g.W, channels_last, n, c, h, w);
+    decode_nchw(i, g.C, g.H, g.W, channels_last, n, c, h, w);
     const int64_t plane = n * so.n + c * so.c;
     gin[i] = static_cast<scalar_t>(max_pool_grad_gather<scalar_t, acc_t>(gout + plane, idx + plane, so.h, so.w, g, h, w));
   }
