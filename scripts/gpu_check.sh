@@ -14,6 +14,14 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 $py -m pip install -q --no-build-isolation -e . 2>&1 | tail -n 3
 $py -m pytest tests -q -m needs_cuda -p no:cacheprovider 2>&1 | tail -n 15 | tee "$out/gpu-tests.txt"
 $py -m pytest tests -q -x -p no:cacheprovider 2>&1 | tail -n 3
+# The CUDA tests of every op again under compute-sanitizer: memcheck, then racecheck.
+san="${CUDA_HOME}/bin/compute-sanitizer"
+if [ -x "$san" ]; then
+  for tool in memcheck racecheck; do
+    "$san" --tool "$tool" --error-exitcode 99 --target-processes all $py -m pytest tests -q -x -p no:cacheprovider \
+      -m needs_cuda -k "not deterministic and not compile" 2>&1 | tail -n 4 | sed "s/^/[$tool] /" | tee -a "$out/gpu-tests.txt"
+  done
+fi
 stamp="$(date -u +%Y-%m-%d)"
 $py -m poolops.bench --device cuda --dtypes float32,bfloat16 --out "$out/gpu-$stamp.json" 2>/dev/null \
   | tee "$out/gpu-$stamp.md" | tail -n 40

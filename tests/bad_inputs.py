@@ -86,6 +86,38 @@ for name, mod in [("MaxPool2d(0)", lambda: pnn.MaxPool2d(0)), ("MaxPool2d(2, pad
 case("module GlobalAvgPool2d 2-D", lambda: pnn.GlobalAvgPool2d()(torch.randn(8, 8)), RuntimeError, "3D or 4D")
 case("module GlobalMaxPool2d int", lambda: pnn.GlobalMaxPool2d()(X.long()), NotImplementedError, "Long")
 
+# conv2d and Conv2d.
+XC, WC = torch.randn(1, 4, 9, 9), torch.randn(8, 4, 3, 3)
+for name, fn, exc, pattern in [
+    ("stride=0", lambda: P.conv2d(XC, WC, stride=0), RuntimeError, "non-positive stride is not supported"),
+    ("stride=-1", lambda: P.conv2d(XC, WC, stride=-1), RuntimeError, "non-positive stride is not supported"),
+    ("stride float", lambda: P.conv2d(XC, WC, stride=1.5), TypeError, "'stride' must be an int"),
+    ("stride too large", lambda: P.conv2d(XC, WC, stride=2**40), RuntimeError, "stride=1099511627776: value cannot be converted"),
+    ("stride wrong length", lambda: P.conv2d(XC, WC, stride=(1, 1, 1)), RuntimeError, "list of 2 values"),
+    ("padding=-1", lambda: P.conv2d(XC, WC, padding=-1), RuntimeError, "negative padding is not supported"),
+    ("padding string", lambda: P.conv2d(XC, WC, padding="foo"), RuntimeError, "Invalid padding string: 'foo'"),
+    ("dilation=0", lambda: P.conv2d(XC, WC, dilation=0), RuntimeError, "dilation should be greater than zero"),
+    ("groups=0", lambda: P.conv2d(XC, WC, groups=0), RuntimeError, "non-positive groups is not supported"),
+    ("groups not dividing weight", lambda: P.conv2d(XC, WC, groups=3), RuntimeError, "Given groups=3, expected weight to be divisible by 3"),
+    ("groups float", lambda: P.conv2d(XC, WC, groups=1.0), TypeError, "'groups' must be int, not float"),
+    ("channels mismatch", lambda: P.conv2d(XC, torch.randn(4, 4, 3, 3), groups=2), RuntimeError, "to have 8 channels, but got 4 channels instead"),
+    ("kernel larger than input", lambda: P.conv2d(XC, torch.randn(8, 4, 12, 12)), RuntimeError, "Kernel size can't be greater than actual input size"),
+    ("empty H", lambda: P.conv2d(torch.randn(1, 4, 0, 9), WC), RuntimeError, r"\(0 x 9\)"),
+    ("dtype mismatch", lambda: P.conv2d(XC.double(), WC), RuntimeError, "expected scalar type Double but found Float"),
+    ("2-D input", lambda: P.conv2d(torch.randn(9, 9), WC), RuntimeError, "Expected 3D \\(unbatched\\) or 4D \\(batched\\) input to conv2d"),
+    ("5-D input", lambda: P.conv2d(torch.randn(1, 1, 4, 9, 9), WC), RuntimeError, "input to conv2d, but got input of size"),
+    ("3-D weight", lambda: P.conv2d(XC, torch.randn(8, 4, 3)), RuntimeError, "match the convolution dimensions"),
+    ("bias of the wrong size", lambda: P.conv2d(XC, WC, torch.randn(7)), RuntimeError, "expected bias to be 1-dimensional with 8 elements"),
+    ("bool", lambda: P.conv2d(XC > 0, WC > 0), NotImplementedError, "not implemented for 'Bool'"),
+    ("complex", lambda: P.conv2d(XC.to(torch.complex64), WC.to(torch.complex64)), NotImplementedError, "'ComplexFloat'"),
+    ("input not a tensor", lambda: P.conv2d([1.0], WC), TypeError, "argument 'input' must be a Tensor, not list"),
+    ("weight not a tensor", lambda: P.conv2d(XC, [1.0]), TypeError, "argument 'weight' must be a Tensor, not list"),
+    ("module padding_mode", lambda: pnn.Conv2d(4, 8, 3, padding_mode="foo"), ValueError, "padding_mode must be one of"),
+    ("module reflect pad too large", lambda: pnn.Conv2d(4, 8, 3, padding=9, padding_mode="reflect")(XC), RuntimeError, "Padding size should be less than"),
+    ("module in_channels", lambda: pnn.Conv2d(3, 8, 3)(XC), RuntimeError, "to have 3 channels, but got 4 channels instead"),
+]:
+    case(f"conv2d {name}", fn, exc, pattern)
+
 
 def main():
     only = set(sys.argv[1:])

@@ -146,3 +146,39 @@ def test_global_pool2d_property(x):
     if x.numel():
         check_grad(P.global_max_pool2d, lambda t: F.adaptive_max_pool2d(t, 1), x, exact=True)
         check_grad(P.global_avg_pool2d, lambda t: F.adaptive_avg_pool2d(t, 1), x, exact=False)
+
+
+@SETTINGS
+@given(x=inputs(min_hw=1, max_hw=10), data=st.data())
+def test_conv2d_property(x, data):
+    c = x.shape[-3]
+    groups = data.draw(st.sampled_from([1, c] + ([2] if c % 2 == 0 else [])))
+    oc = groups * data.draw(st.integers(1, 3))
+    k = pair(data.draw, 1, 4)
+    kh, kw = (k, k) if isinstance(k, int) else k
+    s = pair(data.draw, 1, 3)
+    p = data.draw(st.sampled_from([0, 1, 2, (1, 0), "valid", "same"]))
+    d = pair(data.draw, 1, 2)
+    dtype = x.dtype if x.dtype != torch.float16 else torch.float32  # torch's CPU conv has no fp16
+    x = x.to(dtype)
+    w = torch.randn(oc, c // groups, kh, kw, generator=torch.Generator().manual_seed(3)).to(dtype)
+    b = data.draw(st.sampled_from([None, torch.randn(oc).to(dtype)]))
+    args = (s, p, d, groups)
+    mine = outcome(lambda: P.conv2d(x, w, b, *args))
+    strided_same = p == "same" and s not in (1, (1, 1))
+    if strided_same:  # poolops follows TensorFlow here; torch refuses (see tests/test_same_padding.py)
+        assert mine[1] is None or x.numel() == 0 or mine[1] is RuntimeError
+        return
+    theirs = outcome(lambda: F.conv2d(x, w, b, *args))
+    if mine[1] is None and theirs[1] is None and mine[0].numel():
+        tol = 3e-2 if dtype == torch.bfloat16 else 1e-4
+        torch.testing.assert_close(mine[0], theirs[0], rtol=tol, atol=tol)
+        wm, wt = w.clone().requires_grad_(), w.clone().requires_grad_()
+        xm, xt = x.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()
+        g = torch.randn(mine[0].shape, generator=torch.Generator().manual_seed(4)).to(dtype)
+        gm = torch.autograd.grad(P.conv2d(xm, wm, b, *args), (xm, wm), g)
+        gt = torch.autograd.grad(F.conv2d(xt, wt, b, *args), (xt, wt), g)
+        for u, v in zip(gm, gt):
+            torch.testing.assert_close(u, v, rtol=tol * 3, atol=tol * 3)
+        return
+    assert (mine[1] is None) == (theirs[1] is None) or x.shape[-3] == 0, (mine, theirs)
