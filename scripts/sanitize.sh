@@ -10,6 +10,7 @@ work="${TMPDIR:-/tmp}/poolops-sanitize"
 rm -rf "$work" && mkdir -p "$work"
 git ls-files -z | xargs -0 tar -cf - | tar -C "$work" -xf -
 cd "$work"
+unset POOLOPS_EXPECT_CUDA  # this build is CPU-only on purpose
 FORCE_CUDA=0 POOLOPS_CUDA=0 POOLOPS_SANITIZE=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$venv/bin/python" setup.py build_ext --inplace > sanitize-build.log 2>&1 \
   || { tail -n 30 sanitize-build.log; exit 1; }
 preload="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)"
