@@ -26,12 +26,13 @@ int64_t checked_output_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t
 
 // One dim of padding given as [begin, end]: any pads that leave a real element
 // in the span of the first and the last window.
-int64_t checked_sided_output_size(int64_t in, int64_t k, int64_t s, int64_t p_begin, int64_t p_end, int64_t d) {
+int64_t checked_sided_output_size(int64_t in, int64_t k, int64_t s, int64_t p_begin, int64_t p_end, int64_t d,
+                                  const char* op) {
   TORCH_CHECK(s != 0, "stride should not be zero");
   const int64_t eff = (k - 1) * d + 1;
   for (const int64_t p : {p_begin, p_end}) {
     TORCH_CHECK(p >= 0, "pad must be non-negative, but got pad: ", p);
-    TORCH_CHECK(p < eff, "max_pool2d: each pad must be smaller than the effective kernel size, but got pad=", p,
+    TORCH_CHECK(p < eff, op, ": each pad must be smaller than the effective kernel size, but got pad=", p,
                 ", kernel_size=", k, " and dilation=", d);
   }
   return sweep_output_size(in, eff, s, p_begin, p_end);
@@ -84,9 +85,9 @@ Pool2dGeom check_max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size
   g.H = input.size(-2);
   g.W = input.size(-1);
 
-  g.OH = sided ? checked_sided_output_size(g.H, g.kh, g.sh, padding[0], padding[1], g.dh)
+  g.OH = sided ? checked_sided_output_size(g.H, g.kh, g.sh, padding[0], padding[1], g.dh, "max_pool2d")
                : checked_output_size(g.H, g.kh, g.sh, g.ph, g.dh, ceil_mode);
-  g.OW = sided ? checked_sided_output_size(g.W, g.kw, g.sw, padding[2], padding[3], g.dw)
+  g.OW = sided ? checked_sided_output_size(g.W, g.kw, g.sw, padding[2], padding[3], g.dw, "max_pool2d")
                : checked_output_size(g.W, g.kw, g.sw, g.pw, g.dw, ceil_mode);
 
   TORCH_CHECK(g.kw > 0 && g.kh > 0, "kernel size should be greater than zero, but got kH: ", g.kh, " kW: ", g.kw);
@@ -117,13 +118,18 @@ Pool2dGeom check_max_pool2d_taps(const at::Tensor& input, at::IntArrayRef kernel
 namespace poolops {
 
 Pool2dGeom check_avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                            at::IntArrayRef padding, bool ceil_mode, std::optional<int64_t> divisor_override) {
+                            at::IntArrayRef padding, bool ceil_mode, std::optional<int64_t> divisor_override,
+                            at::IntArrayRef dilation) {
   TORCH_CHECK(kernel_size.size() == 1 || kernel_size.size() == 2,
               "avg_pool2d: kernel_size must either be a single int, or a tuple of two ints");
   TORCH_CHECK(stride.empty() || stride.size() == 1 || stride.size() == 2,
               "avg_pool2d: stride must either be omitted, a single int, or a tuple of two ints");
-  TORCH_CHECK(padding.size() == 1 || padding.size() == 2,
+  TORCH_CHECK(padding.size() == 1 || padding.size() == 2 || padding.size() == 4,
               "avg_pool2d: padding must either be a single int, or a tuple of two ints");
+  TORCH_CHECK(dilation.size() == 1 || dilation.size() == 2,
+              "avg_pool2d: dilation must be either a single int, or a tuple of two ints");
+  const bool sided = padding.size() == 4;  // [top, bottom, left, right]
+  TORCH_CHECK(!sided || !ceil_mode, "avg_pool2d: ceil_mode is not supported with padding [top, bottom, left, right]");
   TORCH_CHECK(!divisor_override.has_value() || *divisor_override != 0, "divisor must be not zero");
   // ATen reads input.size(-3) before any rank check, so low ranks fail with an IndexError.
   TORCH_CHECK_INDEX(input.dim() >= 3, "Dimension out of range (expected to be in range of [", -input.dim(), ", ",
@@ -133,21 +139,26 @@ Pool2dGeom check_avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size
   g.kw = first_or_second(kernel_size, 1);
   g.sh = stride.empty() ? g.kh : first_or_second(stride, 0);
   g.sw = stride.empty() ? g.kw : first_or_second(stride, 1);
-  g.ph = first_or_second(padding, 0);
-  g.pw = first_or_second(padding, 1);
-  g.dh = g.dw = 1;
+  g.ph = sided ? padding[0] : first_or_second(padding, 0);
+  g.pw = sided ? padding[2] : first_or_second(padding, 1);
+  g.dh = first_or_second(dilation, 0);
+  g.dw = first_or_second(dilation, 1);
+  TORCH_CHECK(g.dw > 0 && g.dh > 0, "dilation should be greater than zero, but got dilationH: ", g.dh,
+              " dilationW: ", g.dw);
   g.N = input.dim() == 4 ? input.size(0) : 1;
   g.C = input.size(-3);
   g.H = input.size(-2);
   g.W = input.size(-1);
-  g.OH = checked_output_size(g.H, g.kh, g.sh, g.ph, 1, ceil_mode);
-  g.OW = checked_output_size(g.W, g.kw, g.sw, g.pw, 1, ceil_mode);
+  g.OH = sided ? checked_sided_output_size(g.H, g.kh, g.sh, padding[0], padding[1], g.dh, "avg_pool2d")
+               : checked_output_size(g.H, g.kh, g.sh, g.ph, g.dh, ceil_mode);
+  g.OW = sided ? checked_sided_output_size(g.W, g.kw, g.sw, padding[2], padding[3], g.dw, "avg_pool2d")
+               : checked_output_size(g.W, g.kw, g.sw, g.pw, g.dw, ceil_mode);
   TORCH_CHECK(g.kw > 0 && g.kh > 0, "kernel size should be greater than zero, but got kH: ", g.kh, " kW: ", g.kw);
   TORCH_CHECK(g.sw > 0 && g.sh > 0, "stride should be greater than zero, but got dH: ", g.sh, " dW: ", g.sw);
   TORCH_CHECK((input.dim() == 3 || input.dim() == 4) && g.C > 0 && g.H > 0 && g.W > 0,
               "Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for input, but got:",
               input.sizes());
-  TORCH_CHECK(g.kw / 2 >= g.pw && g.kh / 2 >= g.ph,
+  TORCH_CHECK(sided || (g.kw / 2 >= g.pw && g.kh / 2 >= g.ph),
               "pad should be smaller than or equal to half of kernel size, but got padW = ", g.pw,
               ", padH = ", g.ph, ", kW = ", g.kw, ", kH = ", g.kh);
   TORCH_CHECK(g.OW >= 1 && g.OH >= 1, "Given input size: (", g.C, "x", g.H, "x", g.W,
@@ -157,10 +168,17 @@ Pool2dGeom check_avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size
 
 Pool2dGeom check_avg_pool2d_backward(const at::Tensor& grad_output, at::IntArrayRef input_size,
                                      at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
-                                     bool ceil_mode, std::optional<int64_t> divisor_override) {
+                                     bool ceil_mode, std::optional<int64_t> divisor_override,
+                                     at::IntArrayRef dilation) {
   return check_pool2d_backward(grad_output, at::Tensor(), input_size, "avg_pool2d", [&](const at::Tensor& probe) {
-    return check_avg_pool2d(probe, kernel_size, stride, padding, ceil_mode, divisor_override);
+    return check_avg_pool2d(probe, kernel_size, stride, padding, ceil_mode, divisor_override, dilation);
   });
+}
+
+AvgPoolOpts avg_pool_opts(at::IntArrayRef padding, bool count_include_pad, std::optional<int64_t> divisor_override) {
+  const bool sided = padding.size() == 4;
+  return {count_include_pad, divisor_override.value_or(0), sided ? padding[1] : first_or_second(padding, 0),
+          sided ? padding[3] : first_or_second(padding, 1)};
 }
 
 namespace {

@@ -35,13 +35,20 @@ at::Tensor as_dense_4d(const at::Tensor& input, bool channels_last);
 at::Tensor new_pool_output(const at::Tensor& like, const Pool2dGeom& g, bool batched, bool channels_last,
                            c10::ScalarType dtype);
 
-// Validates an avg_pool2d call (ATen's checks and order, dilation 1).
+// Validates an avg_pool2d call (ATen's checks and order at dilation 1).
+// padding may also be [top, bottom, left, right] (each pad below the
+// effective kernel size, without ceil_mode), as for max_pool2d.
 Pool2dGeom check_avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                            at::IntArrayRef padding, bool ceil_mode, std::optional<int64_t> divisor_override);
+                            at::IntArrayRef padding, bool ceil_mode, std::optional<int64_t> divisor_override,
+                            at::IntArrayRef dilation);
 
 Pool2dGeom check_avg_pool2d_backward(const at::Tensor& grad_output, at::IntArrayRef input_size,
                                      at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
-                                     bool ceil_mode, std::optional<int64_t> divisor_override);
+                                     bool ceil_mode, std::optional<int64_t> divisor_override,
+                                     at::IntArrayRef dilation);
+
+// The divisor options of a checked avg_pool2d call.
+AvgPoolOpts avg_pool_opts(at::IntArrayRef padding, bool count_include_pad, std::optional<int64_t> divisor_override);
 
 // Validates an adaptive pool call; op is "adaptive_avg_pool2d" or "adaptive_max_pool2d".
 Pool2dGeom check_adaptive_pool2d(const at::Tensor& input, at::IntArrayRef output_size, const char* op);

@@ -162,36 +162,58 @@ C10_HOST_DEVICE inline acc_t max_pool_grad_gather(const scalar_t* gout_plane, co
 // ---- average pooling -------------------------------------------------------------------------
 
 // Divisor choice of one avg_pool2d call; divisor_override == 0 means none.
+// The padded extent ends pad_bottom / pad_right past the input (the top and
+// left padding are in Pool2dGeom).
 struct AvgPoolOpts {
   bool count_include_pad;
   int64_t divisor_override;
+  int64_t pad_bottom, pad_right;
 };
 
-// One avg window along a dim: the in-range taps and the extent clipped to the
-// padded input (the ceil-mode overhang past in + p is never counted).
+// One avg window along a dim: the in-range taps (d apart), the taps inside the
+// padded input (the ceil-mode overhang past it is never counted), and the
+// taps on real elements.
 struct AvgWindow {
   Range taps;
   int64_t padded;
+  int64_t real;
 };
 
-C10_HOST_DEVICE inline AvgWindow avg_pool_window(int64_t o, int64_t in, int64_t k, int64_t s, int64_t p) {
+C10_HOST_DEVICE inline int64_t tap_count(int64_t begin, int64_t end, int64_t d) {
+  return begin < end ? (end - begin + d - 1) / d : 0;
+}
+
+C10_HOST_DEVICE inline AvgWindow avg_pool_window(int64_t o, int64_t in, int64_t k, int64_t s, int64_t p,
+                                                 int64_t p_end, int64_t d) {
+  const Range taps = max_pool_taps(o, in, k, s, p, d);
   const int64_t begin = o * s - p;
-  const int64_t end = begin + k < in + p ? begin + k : in + p;
-  return {{begin < 0 ? 0 : begin, end < in ? end : in}, end - begin};
+  const int64_t span_end = begin + (k - 1) * d + 1;
+  const int64_t end = span_end < in + p_end ? span_end : in + p_end;
+  return {taps, tap_count(begin, end, d), tap_count(taps.begin, taps.end, d)};
+}
+
+C10_HOST_DEVICE inline AvgWindow avg_row_window(int64_t oh, const Pool2dGeom& g, const AvgPoolOpts& opt) {
+  return avg_pool_window(oh, g.H, g.kh, g.sh, g.ph, opt.pad_bottom, g.dh);
+}
+
+C10_HOST_DEVICE inline AvgWindow avg_col_window(int64_t ow, const Pool2dGeom& g, const AvgPoolOpts& opt) {
+  return avg_pool_window(ow, g.W, g.kw, g.sw, g.pw, opt.pad_right, g.dw);
 }
 
 C10_HOST_DEVICE inline int64_t avg_pool_divisor(const AvgWindow& wh, const AvgWindow& ww, const AvgPoolOpts& opt) {
   if (opt.divisor_override != 0) return opt.divisor_override;
   if (opt.count_include_pad) return wh.padded * ww.padded;
-  return (wh.taps.end - wh.taps.begin) * (ww.taps.end - ww.taps.begin);
+  return wh.real * ww.real;
 }
 
-// Sequential row-major sum of a window of a plane, in the accumulator type.
+// Sequential row-major sum of a window of a plane (taps dh and dw apart), in
+// the accumulator type.
 template <typename scalar_t, typename acc_t>
-C10_HOST_DEVICE inline acc_t window_sum(const scalar_t* plane, int64_t s_h, int64_t s_w, Range rh, Range rw) {
+C10_HOST_DEVICE inline acc_t window_sum(const scalar_t* plane, int64_t s_h, int64_t s_w, Range rh, Range rw,
+                                        int64_t dh = 1, int64_t dw = 1) {
   acc_t sum = acc_t(0);
-  for (int64_t h = rh.begin; h < rh.end; ++h) {
-    for (int64_t w = rw.begin; w < rw.end; ++w) sum += static_cast<acc_t>(plane[h * s_h + w * s_w]);
+  for (int64_t h = rh.begin; h < rh.end; h += dh) {
+    for (int64_t w = rw.begin; w < rw.end; w += dw) sum += static_cast<acc_t>(plane[h * s_h + w * s_w]);
   }
   return sum;
 }
@@ -200,25 +222,27 @@ C10_HOST_DEVICE inline acc_t window_sum(const scalar_t* plane, int64_t s_h, int6
 template <typename scalar_t, typename acc_t>
 C10_HOST_DEVICE inline acc_t avg_pool_output(const scalar_t* plane, int64_t s_h, int64_t s_w, const Pool2dGeom& g,
                                              const AvgPoolOpts& opt, int64_t oh, int64_t ow) {
-  const AvgWindow wh = avg_pool_window(oh, g.H, g.kh, g.sh, g.ph);
-  const AvgWindow ww = avg_pool_window(ow, g.W, g.kw, g.sw, g.pw);
+  const AvgWindow wh = avg_row_window(oh, g, opt);
+  const AvgWindow ww = avg_col_window(ow, g, opt);
   if (wh.taps.empty() || ww.taps.empty()) return acc_t(0);
-  return window_sum<scalar_t, acc_t>(plane, s_h, s_w, wh.taps, ww.taps) /
+  return window_sum<scalar_t, acc_t>(plane, s_h, s_w, wh.taps, ww.taps, g.dh, g.dw) /
          static_cast<acc_t>(avg_pool_divisor(wh, ww, opt));
 }
 
-// Gradient of input element (h, w): sum of grad / divisor over the covering
-// outputs, in output row-major order. Deterministic, no atomics.
+// Gradient of input element (h, w): sum of grad / divisor over the outputs
+// that have it as a tap, in output row-major order. Deterministic, no atomics.
 template <typename scalar_t, typename acc_t>
 C10_HOST_DEVICE inline acc_t avg_pool_grad_gather(const scalar_t* gout_plane, int64_t so_h, int64_t so_w,
                                                   const Pool2dGeom& g, const AvgPoolOpts& opt, int64_t h, int64_t w) {
-  const Range ro = max_pool_covering(h, g.OH, g.kh, g.sh, g.ph, 1);
-  const Range co = max_pool_covering(w, g.OW, g.kw, g.sw, g.pw, 1);
+  const Range ro = max_pool_covering(h, g.OH, g.kh, g.sh, g.ph, g.dh);
+  const Range co = max_pool_covering(w, g.OW, g.kw, g.sw, g.pw, g.dw);
   acc_t sum = acc_t(0);
   for (int64_t oh = ro.begin; oh < ro.end; ++oh) {
-    const AvgWindow wh = avg_pool_window(oh, g.H, g.kh, g.sh, g.ph);
+    if ((h + g.ph - oh * g.sh) % g.dh != 0) continue;
+    const AvgWindow wh = avg_row_window(oh, g, opt);
     for (int64_t ow = co.begin; ow < co.end; ++ow) {
-      const AvgWindow ww = avg_pool_window(ow, g.W, g.kw, g.sw, g.pw);
+      if ((w + g.pw - ow * g.sw) % g.dw != 0) continue;
+      const AvgWindow ww = avg_col_window(ow, g, opt);
       sum += static_cast<acc_t>(gout_plane[oh * so_h + ow * so_w]) /
              static_cast<acc_t>(avg_pool_divisor(wh, ww, opt));
     }

@@ -41,10 +41,10 @@ TORCH_LIBRARY(poolops, m) {
 
   m.def(
       "avg_pool2d(Tensor self, int[] kernel_size, int[] stride, int[] padding, bool ceil_mode, "
-      "bool count_include_pad, int? divisor_override) -> Tensor");
+      "bool count_include_pad, int? divisor_override, int[] dilation=[1]) -> Tensor");
   m.def(
       "_avg_pool2d_backward(Tensor grad_output, SymInt[] input_size, int[] kernel_size, int[] stride, "
-      "int[] padding, bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor");
+      "int[] padding, bool ceil_mode, bool count_include_pad, int? divisor_override, int[] dilation=[1]) -> Tensor");
 
   m.def("adaptive_avg_pool2d(Tensor self, int[] output_size) -> Tensor");
   m.def("_adaptive_avg_pool2d_backward(Tensor grad_output, SymInt[] input_size) -> Tensor");

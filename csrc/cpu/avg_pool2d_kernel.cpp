@@ -15,10 +15,6 @@
 namespace poolops {
 namespace {
 
-AvgPoolOpts opts_of(bool count_include_pad, std::optional<int64_t> divisor_override) {
-  return {count_include_pad, divisor_override.value_or(0)};
-}
-
 template <typename scalar_t>
 void forward_nchw(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const AvgPoolOpts& opt) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -44,14 +40,15 @@ void forward_nhwc(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
       const int64_t ow = p % g.OW;
       const int64_t oh = (p / g.OW) % g.OH;
       const scalar_t* xn = x + (p / (g.OW * g.OH)) * g.H * g.W * g.C;
-      const AvgWindow wh = avg_pool_window(oh, g.H, g.kh, g.sh, g.ph);
-      const AvgWindow ww = avg_pool_window(ow, g.W, g.kw, g.sw, g.pw);
+      const AvgWindow wh = avg_row_window(oh, g, opt);
+      const AvgWindow ww = avg_col_window(ow, g, opt);
       if (wh.taps.empty() || ww.taps.empty()) {
         std::fill(y + p * g.C, y + (p + 1) * g.C, scalar_t(0));
         continue;
       }
       const ExactDiv<acc_t> div(static_cast<acc_t>(avg_pool_divisor(wh, ww, opt)));
-      nhwc_window_sum(xn, g.W, g.C, g.C, wh.taps, ww.taps, y + p * g.C, [&](acc_t sum) { return div(sum); });
+      nhwc_window_sum(xn, g.W, g.C, g.C, wh.taps, ww.taps, y + p * g.C, [&](acc_t sum) { return div(sum); }, g.dh,
+                      g.dw);
     }
   });
 }
@@ -64,11 +61,11 @@ void backward(const scalar_t* gout, scalar_t* gin, const Pool2dGeom& g, const Av
   std::vector<AvgWindow> wh(g.OH), ww(g.OW);
   std::vector<Range> rows(g.OH), cols(g.OW);
   for (int64_t oh = 0; oh < g.OH; ++oh) {
-    wh[oh] = avg_pool_window(oh, g.H, g.kh, g.sh, g.ph);
+    wh[oh] = avg_row_window(oh, g, opt);
     rows[oh] = wh[oh].taps;
   }
   for (int64_t ow = 0; ow < g.OW; ++ow) {
-    ww[ow] = avg_pool_window(ow, g.W, g.kw, g.sw, g.pw);
+    ww[ow] = avg_col_window(ow, g, opt);
     cols[ow] = ww[ow].taps;
   }
   std::vector<ExactDiv<acc_t>> divisors(g.OH * g.OW);
@@ -79,14 +76,14 @@ void backward(const scalar_t* gout, scalar_t* gin, const Pool2dGeom& g, const Av
   }
   window_avg_backward(gout, gin, g, rows, cols, channels_last, [&](int64_t oh, int64_t ow) {
     return Divisor<acc_t, false>{divisors[oh * g.OW + ow], {}};
-  });
+  }, g.dh, g.dw);
 }
 
 at::Tensor avg_pool2d_cpu(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                           at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
-                          std::optional<int64_t> divisor_override) {
-  const Pool2dGeom geom = check_avg_pool2d(input, kernel_size, stride, padding, ceil_mode, divisor_override);
-  const AvgPoolOpts opt = opts_of(count_include_pad, divisor_override);
+                          std::optional<int64_t> divisor_override, at::IntArrayRef dilation) {
+  const Pool2dGeom geom = check_avg_pool2d(input, kernel_size, stride, padding, ceil_mode, divisor_override, dilation);
+  const AvgPoolOpts opt = avg_pool_opts(padding, count_include_pad, divisor_override);
   return std::get<0>(run_pool2d(input, geom, false, [&](const at::Tensor& x, const at::Tensor& out, const at::Tensor&,
                                                         const Pool2dGeom& g, bool cl) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "avg_pool2d", [&] {
@@ -98,10 +95,11 @@ at::Tensor avg_pool2d_cpu(const at::Tensor& input, at::IntArrayRef kernel_size, 
 
 at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_output, at::IntArrayRef input_size,
                                    at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
-                                   bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override) {
+                                   bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override,
+                                   at::IntArrayRef dilation) {
   const Pool2dGeom geom = check_avg_pool2d_backward(grad_output, input_size, kernel_size, stride, padding, ceil_mode,
-                                                    divisor_override);
-  const AvgPoolOpts opt = opts_of(count_include_pad, divisor_override);
+                                                    divisor_override, dilation);
+  const AvgPoolOpts opt = avg_pool_opts(padding, count_include_pad, divisor_override);
   return run_pool2d_backward(grad_output, at::Tensor(), input_size, geom,
                              [&](const at::Tensor& gout, const at::Tensor&, const at::Tensor& gin, const Pool2dGeom& g,
                                  bool cl) {

@@ -74,12 +74,13 @@ struct Divisor {
 
 // Backward of a window average: grad_input[i] is the sum, over the outputs o
 // whose window rows[oh] x cols[ow] holds i, of grad_output[o] divided by
-// divisor(oh, ow), added in output row-major order.
+// divisor(oh, ow), added in output row-major order. Taps are dh and dw apart.
 // NCHW: one task per plane scatters its outputs. NHWC: one task per input row
 // adds the covering output rows, all channels at once.
 template <typename scalar_t, typename DivisorFn>
 void window_avg_backward(const scalar_t* gout, scalar_t* gin, const Pool2dGeom& g, const std::vector<Range>& rows,
-                         const std::vector<Range>& cols, bool channels_last, const DivisorFn& divisor) {
+                         const std::vector<Range>& cols, bool channels_last, const DivisorFn& divisor,
+                         int64_t dh = 1, int64_t dw = 1) {
   using acc_t = at::opmath_type<scalar_t>;
   if (!channels_last) {
     const int64_t HW = g.H * g.W;
@@ -92,10 +93,10 @@ void window_avg_backward(const scalar_t* gout, scalar_t* gin, const Pool2dGeom& 
         for (int64_t oh = 0; oh < g.OH; ++oh) {
           const scalar_t* go = gout + t * OHW + oh * g.OW;
           for (int64_t ow = 0; ow < g.OW; ++ow) delta[ow] = divisor(oh, ow).apply(static_cast<acc_t>(go[ow]));
-          for (int64_t h = rows[oh].begin; h < rows[oh].end; ++h) {
+          for (int64_t h = rows[oh].begin; h < rows[oh].end; h += dh) {
             acc_t* row = acc + h * g.W;
             for (int64_t ow = 0; ow < g.OW; ++ow) {
-              for (int64_t w = cols[ow].begin; w < cols[ow].end; ++w) row[w] += delta[ow];
+              for (int64_t w = cols[ow].begin; w < cols[ow].end; w += dw) row[w] += delta[ow];
             }
           }
         }
@@ -114,11 +115,12 @@ void window_avg_backward(const scalar_t* gout, scalar_t* gin, const Pool2dGeom& 
       const int64_t h = r % g.H;
       acc_t* acc = buf.zeroed(gin + r * WC, WC);
       for (int64_t oh = cover[h].begin; oh < cover[h].end; ++oh) {
+        if ((h - rows[oh].begin) % dh != 0) continue;
         const scalar_t* go = gout + (n * g.OH + oh) * g.OW * g.C;
         for (int64_t ow = 0; ow < g.OW; ++ow) {
           const auto div = divisor(oh, ow);
           for (int64_t c = 0; c < g.C; ++c) delta[c] = div.apply(static_cast<acc_t>(go[ow * g.C + c]));
-          for (int64_t w = cols[ow].begin; w < cols[ow].end; ++w) {
+          for (int64_t w = cols[ow].begin; w < cols[ow].end; w += dw) {
             acc_t* px = acc + w * g.C;
             for (int64_t c = 0; c < g.C; ++c) px[c] += delta[c];
           }
@@ -229,10 +231,11 @@ void nhwc_window_max(const scalar_t* xn, int64_t W, int64_t C, int64_t channels,
 }
 
 // Window sum of m channels of one NHWC image over a non-empty window in
-// row-major tap order, then finish(sum) stored; kB as in nhwc_window_max_block.
+// row-major tap order (taps dh and dw apart), then finish(sum) stored; kB as
+// in nhwc_window_max_block.
 template <int kB, typename scalar_t, typename Finish>
 inline void nhwc_window_sum_block(const scalar_t* xn, int64_t W, int64_t C, Range rh, Range rw, int64_t m,
-                                  scalar_t* y, const Finish& finish) {
+                                  scalar_t* y, const Finish& finish, int64_t dh, int64_t dw) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int64_t kCap = kB > 0 ? kB : kLanes;
   if (kB > 0) m = kB;
@@ -241,8 +244,8 @@ inline void nhwc_window_sum_block(const scalar_t* xn, int64_t W, int64_t C, Rang
   acc_t acc[kCap];
   const scalar_t* first = xn + (rh.begin * W + rw.begin) * C;
   for (int64_t j = 0; j < m; ++j) acc[j] = acc_t(0) + static_cast<acc_t>(first[j]);
-  for (int64_t h = rh.begin; h < rh.end; ++h) {
-    for (int64_t w = h == rh.begin ? rw.begin + 1 : rw.begin; w < rw.end; ++w) {
+  for (int64_t h = rh.begin; h < rh.end; h += dh) {
+    for (int64_t w = h == rh.begin ? rw.begin + dw : rw.begin; w < rw.end; w += dw) {
       const scalar_t* src = xn + (h * W + w) * C;
       for (int64_t j = 0; j < m; ++j) acc[j] += static_cast<acc_t>(src[j]);
     }
@@ -252,12 +255,12 @@ inline void nhwc_window_sum_block(const scalar_t* xn, int64_t W, int64_t C, Rang
 
 template <typename scalar_t, typename Finish>
 void nhwc_window_sum(const scalar_t* xn, int64_t W, int64_t C, int64_t channels, Range rh, Range rw, scalar_t* y,
-                     const Finish& finish) {
+                     const Finish& finish, int64_t dh = 1, int64_t dw = 1) {
   constexpr int kB = 128 / sizeof(at::opmath_type<scalar_t>);
   int64_t c0 = 0;
-  for (; c0 + kB <= channels; c0 += kB) nhwc_window_sum_block<kB>(xn + c0, W, C, rh, rw, kB, y + c0, finish);
+  for (; c0 + kB <= channels; c0 += kB) nhwc_window_sum_block<kB>(xn + c0, W, C, rh, rw, kB, y + c0, finish, dh, dw);
   for (; c0 < channels; c0 += kLanes) {
-    nhwc_window_sum_block<0>(xn + c0, W, C, rh, rw, std::min(kLanes, channels - c0), y + c0, finish);
+    nhwc_window_sum_block<0>(xn + c0, W, C, rh, rw, std::min(kLanes, channels - c0), y + c0, finish, dh, dw);
   }
 }
 

@@ -37,15 +37,11 @@ __global__ void backward_kernel(const scalar_t* __restrict__ gout, scalar_t* __r
   }
 }
 
-AvgPoolOpts opts_of(bool count_include_pad, std::optional<int64_t> divisor_override) {
-  return {count_include_pad, divisor_override.value_or(0)};
-}
-
 at::Tensor avg_pool2d_cuda(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                            at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
-                           std::optional<int64_t> divisor_override) {
-  const Pool2dGeom geom = check_avg_pool2d(input, kernel_size, stride, padding, ceil_mode, divisor_override);
-  const AvgPoolOpts opt = opts_of(count_include_pad, divisor_override);
+                           std::optional<int64_t> divisor_override, at::IntArrayRef dilation) {
+  const Pool2dGeom geom = check_avg_pool2d(input, kernel_size, stride, padding, ceil_mode, divisor_override, dilation);
+  const AvgPoolOpts opt = avg_pool_opts(padding, count_include_pad, divisor_override);
   return std::get<0>(run_pool2d(input, geom, false, [&](const at::Tensor& x, const at::Tensor& out, const at::Tensor&,
                                                         const Pool2dGeom& g, bool cl) {
     const c10::cuda::CUDAGuard guard(x.device());
@@ -60,10 +56,11 @@ at::Tensor avg_pool2d_cuda(const at::Tensor& input, at::IntArrayRef kernel_size,
 
 at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, at::IntArrayRef input_size,
                                     at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
-                                    bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override) {
+                                    bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override,
+                                    at::IntArrayRef dilation) {
   const Pool2dGeom geom = check_avg_pool2d_backward(grad_output, input_size, kernel_size, stride, padding, ceil_mode,
-                                                    divisor_override);
-  const AvgPoolOpts opt = opts_of(count_include_pad, divisor_override);
+                                                    divisor_override, dilation);
+  const AvgPoolOpts opt = avg_pool_opts(padding, count_include_pad, divisor_override);
   return run_pool2d_backward(grad_output, at::Tensor(), input_size, geom,
                              [&](const at::Tensor& gout, const at::Tensor&, const at::Tensor& gin, const Pool2dGeom& g,
                                  bool cl) {

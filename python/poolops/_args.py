@@ -84,12 +84,12 @@ def top_left_padding(padding):
     return (padding[0], padding[2]) if len(padding) == 4 else (_pick(padding, 0), _pick(padding, 1))
 
 
-def _checked_sided_output_size(size, k, s, p_begin, p_end, d):
+def _checked_sided_output_size(size, k, s, p_begin, p_end, d, op="max_pool2d"):
     torch._check(s != 0, lambda: "stride should not be zero")
     eff = (k - 1) * d + 1
     for p in (p_begin, p_end):
         torch._check(p >= 0, lambda: f"pad must be non-negative, but got pad: {p}")
-        torch._check(p < eff, lambda: "max_pool2d: each pad must be smaller than the effective kernel size, but got "
+        torch._check(p < eff, lambda: f"{op}: each pad must be smaller than the effective kernel size, but got "
                      f"pad={p}, kernel_size={k} and dilation={d}")
     return sweep_output_size(size, eff, s, p_begin, p_end)
 
@@ -157,30 +157,42 @@ def memory_format_of(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def avg_pool2d_output_shape(shape, kernel_size, stride, padding, ceil_mode, divisor_override) -> list:
-    """Output shape of avg_pool2d for an input shape, with ATen's checks in ATen's order."""
+def avg_pool2d_output_shape(shape, kernel_size, stride, padding, ceil_mode, divisor_override, dilation=(1,)) -> list:
+    """Output shape of avg_pool2d for an input shape, with ATen's checks in ATen's order (at dilation 1)."""
     torch._check(len(kernel_size) in (1, 2),
                  lambda: "avg_pool2d: kernel_size must either be a single int, or a tuple of two ints")
     torch._check(len(stride) in (0, 1, 2),
                  lambda: "avg_pool2d: stride must either be omitted, a single int, or a tuple of two ints")
-    torch._check(len(padding) in (1, 2),
+    torch._check(len(padding) in (1, 2, 4),
                  lambda: "avg_pool2d: padding must either be a single int, or a tuple of two ints")
+    torch._check(len(dilation) in (1, 2),
+                 lambda: "avg_pool2d: dilation must be either a single int, or a tuple of two ints")
+    sided = len(padding) == 4  # [top, bottom, left, right]
+    torch._check(not (sided and ceil_mode),
+                 lambda: "avg_pool2d: ceil_mode is not supported with padding [top, bottom, left, right]")
     torch._check(divisor_override is None or divisor_override != 0, lambda: "divisor must be not zero")
     if len(shape) < 3:
         raise IndexError(f"Dimension out of range (expected to be in range of [{-len(shape)}, {len(shape) - 1}], "
                          "but got -3)")
     kh, kw = _pick(kernel_size, 0), _pick(kernel_size, 1)
     sh, sw = (kh, kw) if len(stride) == 0 else (_pick(stride, 0), _pick(stride, 1))
-    ph, pw = _pick(padding, 0), _pick(padding, 1)
+    ph, pw = top_left_padding(padding)
+    dh, dw = _pick(dilation, 0), _pick(dilation, 1)
+    torch._check(dh > 0 and dw > 0,
+                 lambda: f"dilation should be greater than zero, but got dilationH: {dh} dilationW: {dw}")
     C, H, W = shape[-3:]
-    oh = _checked_output_size(H, kh, sh, ph, 1, ceil_mode)
-    ow = _checked_output_size(W, kw, sw, pw, 1, ceil_mode)
+    if sided:
+        oh = _checked_sided_output_size(H, kh, sh, padding[0], padding[1], dh, "avg_pool2d")
+        ow = _checked_sided_output_size(W, kw, sw, padding[2], padding[3], dw, "avg_pool2d")
+    else:
+        oh = _checked_output_size(H, kh, sh, ph, dh, ceil_mode)
+        ow = _checked_output_size(W, kw, sw, pw, dw, ceil_mode)
     torch._check(kh > 0 and kw > 0, lambda: f"kernel size should be greater than zero, but got kH: {kh} kW: {kw}")
     torch._check(sh > 0 and sw > 0, lambda: f"stride should be greater than zero, but got dH: {sh} dW: {sw}")
     torch._check(len(shape) in (3, 4) and C > 0 and H > 0 and W > 0,
                  lambda: "Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for input, "
                  f"but got:{list(shape)}")
-    torch._check(kw // 2 >= pw and kh // 2 >= ph,
+    torch._check(sided or (kw // 2 >= pw and kh // 2 >= ph),
                  lambda: f"pad should be smaller than or equal to half of kernel size, but got padW = {pw}, "
                  f"padH = {ph}, kW = {kw}, kH = {kh}")
     torch._check(oh >= 1 and ow >= 1,

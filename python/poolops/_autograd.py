@@ -92,7 +92,7 @@ def _ap_setup(ctx, inputs, output):
 
 
 def _ap_backward(ctx, grad_out):
-    return (_ops._avg_pool2d_backward(grad_out, ctx.input_size, *ctx.params),) + (None,) * 6
+    return (_ops._avg_pool2d_backward(grad_out, ctx.input_size, *ctx.params),) + (None,) * len(ctx.params)
 
 
 torch.library.register_autograd("poolops::avg_pool2d", _ap_backward, setup_context=_ap_setup)
@@ -103,7 +103,7 @@ def _ap_bwd_setup(ctx, inputs, output):
 
 
 def _ap_bwd_backward(ctx, grad_grad_input):
-    return (_ops.avg_pool2d(grad_grad_input, *ctx.params),) + (None,) * 7
+    return (_ops.avg_pool2d(grad_grad_input, *ctx.params),) + (None,) * (len(ctx.params) + 1)
 
 
 torch.library.register_autograd("poolops::_avg_pool2d_backward", _ap_bwd_backward, setup_context=_ap_bwd_setup)

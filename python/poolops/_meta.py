@@ -39,8 +39,8 @@ def _max_pool2d_fake(x, kernel_size, stride, padding, dilation, ceil_mode):
 
 
 @torch.library.register_fake("poolops::avg_pool2d")
-def _avg_pool2d_fake(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
-    shape = avg_pool2d_output_shape(x.shape, kernel_size, stride, padding, ceil_mode, divisor_override)
+def _avg_pool2d_fake(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, dilation=(1,)):
+    shape = avg_pool2d_output_shape(x.shape, kernel_size, stride, padding, ceil_mode, divisor_override, dilation)
     return _new(x, shape, x.dtype, memory_format_of(x))
 
 
@@ -67,8 +67,9 @@ def _max_pool2d_backward_fake(grad_output, indices, input_size, kernel_size, str
 
 @torch.library.register_fake("poolops::_avg_pool2d_backward")
 def _avg_pool2d_backward_fake(grad_output, input_size, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                              divisor_override):
-    expected = avg_pool2d_output_shape(input_size, kernel_size, stride, padding, ceil_mode, divisor_override)
+                              divisor_override, dilation=(1,)):
+    expected = avg_pool2d_output_shape(input_size, kernel_size, stride, padding, ceil_mode, divisor_override,
+                                       dilation)
     _check_grad_output("avg_pool2d", grad_output, expected)
     return _new(grad_output, input_size, grad_output.dtype, memory_format_of(grad_output))
 

@@ -130,6 +130,13 @@ def _same_cases(quick: bool) -> list[Case]:
              mine=lambda x: P.conv2d(x, w.to(x.device, x.dtype), None, 2, "same", 1, 64),
              theirs=lambda x: F.conv2d(_tf_pad(x, 3, 2), w.to(x.device, x.dtype), None, 2, 0, 1, 64),
              out_bytes=_values, copy_bytes=copy),
+        # timm's AvgPool2dSame counts the zero padding in the divisor; TensorFlow's 'same' (poolops) does not,
+        # so `theirs` divides by a pooled zero-padded ones tensor to give the same values.
+        Case("avg_pool2d same", "EfficientNet-like avgpool 3/2 'same' (F.pad + avg / real count)", shape,
+             mine=lambda x: P.avg_pool2d(x, 3, 2, "same"),
+             theirs=lambda x: F.avg_pool2d(_tf_pad(x, 3, 2), 3, 2)
+             / F.avg_pool2d(_tf_pad(x[:1, :1] * 0 + 1, 3, 2), 3, 2),
+             out_bytes=_values, copy_bytes=copy),
     ]
 
 

@@ -64,18 +64,34 @@ def max_pool2d_with_indices(input, kernel_size, stride=None, padding=0, dilation
 
 
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-               divisor_override=None):
+               divisor_override=None, dilation=1):
     """2-D average pooling over (N, C, H, W) or (C, H, W) input, like
     torch.nn.functional.avg_pool2d: a sequential row-major window sum in the
     accumulation type, then a true division by the window's divisor (padding
-    counted or not; the ceil-mode overhang never is), or by divisor_override."""
+    counted or not; the ceil-mode overhang never is), or by divisor_override.
+
+    dilation spaces the taps as in max_pool2d; the divisor counts the dilated
+    taps (inside the padded input with count_include_pad, else on real
+    elements). padding may also be 'valid' (0), four ints [top, bottom, left,
+    right] (as for max_pool2d), or 'same', TensorFlow's (see max_pool2d): then
+    each output is divided by the number of real input elements in its window,
+    as TensorFlow does, whatever count_include_pad says."""
     check_tensor(input, "avg_pool2d")
     kernel = int_list(kernel_size, "kernel_size", "avg_pool2d")
     strides = [] if stride is None else int_list(stride, "stride", "avg_pool2d")
+    dilations = int_list(dilation, "dilation", "avg_pool2d")
+    if padding == "valid":
+        padding = 0
+    elif padding == "same":
+        if ceil_mode:
+            raise RuntimeError("avg_pool2d: padding='same' does not take ceil_mode")
+        padding = same_padding(input.shape[-2:], kernel, strides or kernel, dilations)
+        count_include_pad = False
     pads = int_list(padding, "padding", "avg_pool2d")
     if divisor_override is not None:
         (divisor_override,) = int_list(divisor_override, "divisor_override", "avg_pool2d")
-    return _ops.avg_pool2d(input, kernel, strides, pads, bool(ceil_mode), bool(count_include_pad), divisor_override)
+    return _ops.avg_pool2d(input, kernel, strides, pads, bool(ceil_mode), bool(count_include_pad), divisor_override,
+                           dilations)
 
 
 def adaptive_avg_pool2d(input, output_size):

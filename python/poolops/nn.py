@@ -22,10 +22,24 @@ class MaxPool2d(torch.nn.MaxPool2d):
 
 class AvgPool2d(torch.nn.AvgPool2d):
     __doc__ = torch.nn.AvgPool2d.__doc__
+    dilation = 1  # also for modules converted from torch.nn.AvgPool2d, which have none
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                 divisor_override=None, dilation=1):
+        # poolops extras: dilation, and padding 'same' / 'valid' / [top, bottom, left, right].
+        super().__init__(kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+        self.dilation = dilation
+
+    __init__.__annotations__ = {**torch.nn.AvgPool2d.__init__.__annotations__,
+                                "dilation": torch.nn.MaxPool2d.__init__.__annotations__["dilation"]}
+
+    def extra_repr(self):
+        extra = "" if self.dilation == 1 else f", dilation={self.dilation}"
+        return super().extra_repr() + extra
 
     def forward(self, input):
         return F.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                            self.count_include_pad, self.divisor_override)
+                            self.count_include_pad, self.divisor_override, self.dilation)
 
 
 class AdaptiveAvgPool2d(torch.nn.AdaptiveAvgPool2d):
