@@ -11,10 +11,6 @@ namespace {
 
 int64_t first_or_second(at::IntArrayRef v, size_t i) { return v.size() == 1 ? v[0] : v[i]; }
 
-void check_pair(at::IntArrayRef v, const char* what, bool allow_empty) {
-  TORCH_CHECK(v.size() == 1 || v.size() == 2 || (allow_empty && v.empty()), "max_pool2d: ", what,
-              " must either be a single int, or a tuple of two ints");
-}
 
 int64_t checked_output_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d, bool ceil_mode) {
   TORCH_CHECK(s != 0, "stride should not be zero");
@@ -38,6 +34,53 @@ int64_t checked_sided_output_size(int64_t in, int64_t k, int64_t s, int64_t p_be
   return sweep_output_size(in, eff, s, p_begin, p_end);
 }
 
+// Reads an op's kernel_size, stride, padding and dilation into g, with ATen's
+// length checks; returns whether the padding is [top, bottom, left, right].
+bool read_pool_params(const char* op, at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                      at::IntArrayRef dilation, bool ceil_mode, Pool2dGeom& g) {
+  TORCH_CHECK(kernel_size.size() == 1 || kernel_size.size() == 2, op,
+              ": kernel_size must either be a single int, or a tuple of two ints");
+  TORCH_CHECK(stride.empty() || stride.size() == 1 || stride.size() == 2, op,
+              ": stride must either be omitted, a single int, or a tuple of two ints");
+  TORCH_CHECK(padding.size() == 1 || padding.size() == 2 || padding.size() == 4, op,
+              ": padding must either be a single int, or a tuple of two ints");
+  TORCH_CHECK(dilation.size() == 1 || dilation.size() == 2, op,
+              ": dilation must be either a single int, or a tuple of two ints");
+  const bool sided = padding.size() == 4;
+  TORCH_CHECK(!sided || !ceil_mode, op, ": ceil_mode is not supported with padding [top, bottom, left, right]");
+  g.kh = first_or_second(kernel_size, 0);
+  g.kw = first_or_second(kernel_size, 1);
+  g.sh = stride.empty() ? g.kh : first_or_second(stride, 0);
+  g.sw = stride.empty() ? g.kw : first_or_second(stride, 1);
+  g.ph = sided ? padding[0] : first_or_second(padding, 0);
+  g.pw = sided ? padding[2] : first_or_second(padding, 1);
+  g.dh = first_or_second(dilation, 0);
+  g.dw = first_or_second(dilation, 1);
+  return sided;
+}
+
+// Input sizes and the output size of a sliding-window pool.
+void set_pool_sizes(const at::Tensor& input, at::IntArrayRef padding, bool sided, bool ceil_mode, const char* op,
+                    Pool2dGeom& g) {
+  g.N = input.dim() == 4 ? input.size(0) : 1;
+  g.C = input.size(-3);
+  g.H = input.size(-2);
+  g.W = input.size(-1);
+  g.OH = sided ? checked_sided_output_size(g.H, g.kh, g.sh, padding[0], padding[1], g.dh, op)
+               : checked_output_size(g.H, g.kh, g.sh, g.ph, g.dh, ceil_mode);
+  g.OW = sided ? checked_sided_output_size(g.W, g.kw, g.sw, padding[2], padding[3], g.dw, op)
+               : checked_output_size(g.W, g.kw, g.sw, g.pw, g.dw, ceil_mode);
+}
+
+// ATen's last two checks of a sliding-window pool.
+void check_pool_output(const Pool2dGeom& g, bool sided) {
+  TORCH_CHECK(sided || (g.kw / 2 >= g.pw && g.kh / 2 >= g.ph),
+              "pad should be smaller than or equal to half of kernel size, but got padW = ", g.pw,
+              ", padH = ", g.ph, ", kW = ", g.kw, ", kH = ", g.kh);
+  TORCH_CHECK(g.OW >= 1 && g.OH >= 1, "Given input size: (", g.C, "x", g.H, "x", g.W,
+              "). Calculated output size: (", g.C, "x", g.OH, "x", g.OW, "). Output size is too small");
+}
+
 }  // namespace
 
 bool wants_channels_last(const at::Tensor& input) {
@@ -59,37 +102,10 @@ at::Tensor new_pool_output(const at::Tensor& like, const Pool2dGeom& g, bool bat
 
 Pool2dGeom check_max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                             at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
-  check_pair(kernel_size, "kernel_size", false);
-  TORCH_CHECK(stride.empty() || stride.size() == 1 || stride.size() == 2,
-              "max_pool2d: stride must either be omitted, a single int, or a tuple of two ints");
-  TORCH_CHECK(padding.size() == 1 || padding.size() == 2 || padding.size() == 4,
-              "max_pool2d: padding must either be a single int, or a tuple of two ints");
-  TORCH_CHECK(dilation.size() == 1 || dilation.size() == 2,
-              "max_pool2d: dilation must be either a single int, or a tuple of two ints");
-  const bool sided = padding.size() == 4;  // [top, bottom, left, right]
-  TORCH_CHECK(!sided || !ceil_mode, "max_pool2d: ceil_mode is not supported with padding [top, bottom, left, right]");
   Pool2dGeom g{};
-  g.kh = first_or_second(kernel_size, 0);
-  g.kw = first_or_second(kernel_size, 1);
-  g.sh = stride.empty() ? g.kh : first_or_second(stride, 0);
-  g.sw = stride.empty() ? g.kw : first_or_second(stride, 1);
-  g.ph = sided ? padding[0] : first_or_second(padding, 0);
-  g.pw = sided ? padding[2] : first_or_second(padding, 1);
-  g.dh = first_or_second(dilation, 0);
-  g.dw = first_or_second(dilation, 1);
-
+  const bool sided = read_pool_params("max_pool2d", kernel_size, stride, padding, dilation, ceil_mode, g);
   TORCH_CHECK(input.dim() == 3 || input.dim() == 4, "non-empty 3D or 4D (batch mode) tensor expected for input");
-  const bool batched = input.dim() == 4;
-  g.N = batched ? input.size(0) : 1;
-  g.C = input.size(-3);
-  g.H = input.size(-2);
-  g.W = input.size(-1);
-
-  g.OH = sided ? checked_sided_output_size(g.H, g.kh, g.sh, padding[0], padding[1], g.dh, "max_pool2d")
-               : checked_output_size(g.H, g.kh, g.sh, g.ph, g.dh, ceil_mode);
-  g.OW = sided ? checked_sided_output_size(g.W, g.kw, g.sw, padding[2], padding[3], g.dw, "max_pool2d")
-               : checked_output_size(g.W, g.kw, g.sw, g.pw, g.dw, ceil_mode);
-
+  set_pool_sizes(input, padding, sided, ceil_mode, "max_pool2d", g);
   TORCH_CHECK(g.kw > 0 && g.kh > 0, "kernel size should be greater than zero, but got kH: ", g.kh, " kW: ", g.kw);
   TORCH_CHECK(g.sw > 0 && g.sh > 0, "stride should be greater than zero, but got dH: ", g.sh, " dW: ", g.sw);
   TORCH_CHECK(g.dw > 0 && g.dh > 0, "dilation should be greater than zero, but got dilationH: ", g.dh,
@@ -97,11 +113,7 @@ Pool2dGeom check_max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size
   TORCH_CHECK(g.C > 0 && g.H > 0 && g.W > 0,
               "Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for input, but got:",
               input.sizes());
-  TORCH_CHECK(sided || (g.kw / 2 >= g.pw && g.kh / 2 >= g.ph),
-              "pad should be smaller than or equal to half of kernel size, but got padW = ", g.pw,
-              ", padH = ", g.ph, ", kW = ", g.kw, ", kH = ", g.kh);
-  TORCH_CHECK(g.OW >= 1 && g.OH >= 1, "Given input size: (", g.C, "x", g.H, "x", g.W,
-              "). Calculated output size: (", g.C, "x", g.OH, "x", g.OW, "). Output size is too small");
+  check_pool_output(g, sided);
   return g;
 }
 
@@ -120,49 +132,21 @@ namespace poolops {
 Pool2dGeom check_avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                             at::IntArrayRef padding, bool ceil_mode, std::optional<int64_t> divisor_override,
                             at::IntArrayRef dilation) {
-  TORCH_CHECK(kernel_size.size() == 1 || kernel_size.size() == 2,
-              "avg_pool2d: kernel_size must either be a single int, or a tuple of two ints");
-  TORCH_CHECK(stride.empty() || stride.size() == 1 || stride.size() == 2,
-              "avg_pool2d: stride must either be omitted, a single int, or a tuple of two ints");
-  TORCH_CHECK(padding.size() == 1 || padding.size() == 2 || padding.size() == 4,
-              "avg_pool2d: padding must either be a single int, or a tuple of two ints");
-  TORCH_CHECK(dilation.size() == 1 || dilation.size() == 2,
-              "avg_pool2d: dilation must be either a single int, or a tuple of two ints");
-  const bool sided = padding.size() == 4;  // [top, bottom, left, right]
-  TORCH_CHECK(!sided || !ceil_mode, "avg_pool2d: ceil_mode is not supported with padding [top, bottom, left, right]");
+  Pool2dGeom g{};
+  const bool sided = read_pool_params("avg_pool2d", kernel_size, stride, padding, dilation, ceil_mode, g);
   TORCH_CHECK(!divisor_override.has_value() || *divisor_override != 0, "divisor must be not zero");
   // ATen reads input.size(-3) before any rank check, so low ranks fail with an IndexError.
   TORCH_CHECK_INDEX(input.dim() >= 3, "Dimension out of range (expected to be in range of [", -input.dim(), ", ",
                     input.dim() - 1, "], but got -3)");
-  Pool2dGeom g{};
-  g.kh = first_or_second(kernel_size, 0);
-  g.kw = first_or_second(kernel_size, 1);
-  g.sh = stride.empty() ? g.kh : first_or_second(stride, 0);
-  g.sw = stride.empty() ? g.kw : first_or_second(stride, 1);
-  g.ph = sided ? padding[0] : first_or_second(padding, 0);
-  g.pw = sided ? padding[2] : first_or_second(padding, 1);
-  g.dh = first_or_second(dilation, 0);
-  g.dw = first_or_second(dilation, 1);
   TORCH_CHECK(g.dw > 0 && g.dh > 0, "dilation should be greater than zero, but got dilationH: ", g.dh,
               " dilationW: ", g.dw);
-  g.N = input.dim() == 4 ? input.size(0) : 1;
-  g.C = input.size(-3);
-  g.H = input.size(-2);
-  g.W = input.size(-1);
-  g.OH = sided ? checked_sided_output_size(g.H, g.kh, g.sh, padding[0], padding[1], g.dh, "avg_pool2d")
-               : checked_output_size(g.H, g.kh, g.sh, g.ph, g.dh, ceil_mode);
-  g.OW = sided ? checked_sided_output_size(g.W, g.kw, g.sw, padding[2], padding[3], g.dw, "avg_pool2d")
-               : checked_output_size(g.W, g.kw, g.sw, g.pw, g.dw, ceil_mode);
+  set_pool_sizes(input, padding, sided, ceil_mode, "avg_pool2d", g);
   TORCH_CHECK(g.kw > 0 && g.kh > 0, "kernel size should be greater than zero, but got kH: ", g.kh, " kW: ", g.kw);
   TORCH_CHECK(g.sw > 0 && g.sh > 0, "stride should be greater than zero, but got dH: ", g.sh, " dW: ", g.sw);
   TORCH_CHECK((input.dim() == 3 || input.dim() == 4) && g.C > 0 && g.H > 0 && g.W > 0,
               "Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for input, but got:",
               input.sizes());
-  TORCH_CHECK(sided || (g.kw / 2 >= g.pw && g.kh / 2 >= g.ph),
-              "pad should be smaller than or equal to half of kernel size, but got padW = ", g.pw,
-              ", padH = ", g.ph, ", kW = ", g.kw, ", kH = ", g.kh);
-  TORCH_CHECK(g.OW >= 1 && g.OH >= 1, "Given input size: (", g.C, "x", g.H, "x", g.W,
-              "). Calculated output size: (", g.C, "x", g.OH, "x", g.OW, "). Output size is too small");
+  check_pool_output(g, sided);
   return g;
 }
 

@@ -105,31 +105,53 @@ def _checked_output_size(size, k, s, p, d, ceil_mode):
     return pool_output_size(size, k, s, p, d, ceil_mode)
 
 
-def max_pool2d_output_shape(shape, kernel_size, stride, padding, dilation, ceil_mode) -> list:
-    """Output shape of max_pool2d for an input shape, with ATen's checks in ATen's order."""
+def _read_pool_params(op, kernel_size, stride, padding, dilation, ceil_mode):
+    """An op's (kh, kw, sh, sw, ph, pw, dh, dw) and whether the padding is
+    [top, bottom, left, right], with ATen's length checks."""
     torch._check(len(kernel_size) in (1, 2),
-                 lambda: "max_pool2d: kernel_size must either be a single int, or a tuple of two ints")
+                 lambda: f"{op}: kernel_size must either be a single int, or a tuple of two ints")
     torch._check(len(stride) in (0, 1, 2),
-                 lambda: "max_pool2d: stride must either be omitted, a single int, or a tuple of two ints")
+                 lambda: f"{op}: stride must either be omitted, a single int, or a tuple of two ints")
     torch._check(len(padding) in (1, 2, 4),
-                 lambda: "max_pool2d: padding must either be a single int, or a tuple of two ints")
+                 lambda: f"{op}: padding must either be a single int, or a tuple of two ints")
     torch._check(len(dilation) in (1, 2),
-                 lambda: "max_pool2d: dilation must be either a single int, or a tuple of two ints")
-    sided = len(padding) == 4  # [top, bottom, left, right]
+                 lambda: f"{op}: dilation must be either a single int, or a tuple of two ints")
+    sided = len(padding) == 4
     torch._check(not (sided and ceil_mode),
-                 lambda: "max_pool2d: ceil_mode is not supported with padding [top, bottom, left, right]")
+                 lambda: f"{op}: ceil_mode is not supported with padding [top, bottom, left, right]")
     kh, kw = _pick(kernel_size, 0), _pick(kernel_size, 1)
     sh, sw = (kh, kw) if len(stride) == 0 else (_pick(stride, 0), _pick(stride, 1))
     ph, pw = top_left_padding(padding)
     dh, dw = _pick(dilation, 0), _pick(dilation, 1)
+    return (kh, kw, sh, sw, ph, pw, dh, dw), sided
+
+
+def _pool_output_hw(op, H, W, params, padding, sided, ceil_mode):
+    kh, kw, sh, sw, ph, pw, dh, dw = params
+    if sided:
+        return (_checked_sided_output_size(H, kh, sh, padding[0], padding[1], dh, op),
+                _checked_sided_output_size(W, kw, sw, padding[2], padding[3], dw, op))
+    return _checked_output_size(H, kh, sh, ph, dh, ceil_mode), _checked_output_size(W, kw, sw, pw, dw, ceil_mode)
+
+
+def _check_pool_output(C, H, W, oh, ow, params, sided):
+    """ATen's last two checks of a sliding-window pool."""
+    kh, kw, _, _, ph, pw, _, _ = params
+    torch._check(sided or (kw // 2 >= pw and kh // 2 >= ph),
+                 lambda: f"pad should be smaller than or equal to half of kernel size, but got padW = {pw}, "
+                 f"padH = {ph}, kW = {kw}, kH = {kh}")
+    torch._check(oh >= 1 and ow >= 1,
+                 lambda: f"Given input size: ({C}x{H}x{W}). Calculated output size: ({C}x{oh}x{ow}). "
+                 "Output size is too small")
+
+
+def max_pool2d_output_shape(shape, kernel_size, stride, padding, dilation, ceil_mode) -> list:
+    """Output shape of max_pool2d for an input shape, with ATen's checks in ATen's order."""
+    params, sided = _read_pool_params("max_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
+    kh, kw, sh, sw, _, _, dh, dw = params
     torch._check(len(shape) in (3, 4), lambda: "non-empty 3D or 4D (batch mode) tensor expected for input")
     C, H, W = shape[-3:]
-    if sided:
-        oh = _checked_sided_output_size(H, kh, sh, padding[0], padding[1], dh)
-        ow = _checked_sided_output_size(W, kw, sw, padding[2], padding[3], dw)
-    else:
-        oh = _checked_output_size(H, kh, sh, ph, dh, ceil_mode)
-        ow = _checked_output_size(W, kw, sw, pw, dw, ceil_mode)
+    oh, ow = _pool_output_hw("max_pool2d", H, W, params, padding, sided, ceil_mode)
     torch._check(kh > 0 and kw > 0, lambda: f"kernel size should be greater than zero, but got kH: {kh} kW: {kw}")
     torch._check(sh > 0 and sw > 0, lambda: f"stride should be greater than zero, but got dH: {sh} dW: {sw}")
     torch._check(dh > 0 and dw > 0,
@@ -137,12 +159,7 @@ def max_pool2d_output_shape(shape, kernel_size, stride, padding, dilation, ceil_
     torch._check(C > 0 and H > 0 and W > 0,
                  lambda: "Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for input, "
                  f"but got:{list(shape)}")
-    torch._check(sided or (kw // 2 >= pw and kh // 2 >= ph),
-                 lambda: f"pad should be smaller than or equal to half of kernel size, but got padW = {pw}, "
-                 f"padH = {ph}, kW = {kw}, kH = {kh}")
-    torch._check(oh >= 1 and ow >= 1,
-                 lambda: f"Given input size: ({C}x{H}x{W}). Calculated output size: ({C}x{oh}x{ow}). "
-                 "Output size is too small")
+    _check_pool_output(C, H, W, oh, ow, params, sided)
     return [*shape[:-2], oh, ow]
 
 
@@ -159,45 +176,22 @@ def memory_format_of(x: torch.Tensor) -> torch.memory_format:
 
 def avg_pool2d_output_shape(shape, kernel_size, stride, padding, ceil_mode, divisor_override, dilation=(1,)) -> list:
     """Output shape of avg_pool2d for an input shape, with ATen's checks in ATen's order (at dilation 1)."""
-    torch._check(len(kernel_size) in (1, 2),
-                 lambda: "avg_pool2d: kernel_size must either be a single int, or a tuple of two ints")
-    torch._check(len(stride) in (0, 1, 2),
-                 lambda: "avg_pool2d: stride must either be omitted, a single int, or a tuple of two ints")
-    torch._check(len(padding) in (1, 2, 4),
-                 lambda: "avg_pool2d: padding must either be a single int, or a tuple of two ints")
-    torch._check(len(dilation) in (1, 2),
-                 lambda: "avg_pool2d: dilation must be either a single int, or a tuple of two ints")
-    sided = len(padding) == 4  # [top, bottom, left, right]
-    torch._check(not (sided and ceil_mode),
-                 lambda: "avg_pool2d: ceil_mode is not supported with padding [top, bottom, left, right]")
+    params, sided = _read_pool_params("avg_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
+    kh, kw, sh, sw, _, _, dh, dw = params
     torch._check(divisor_override is None or divisor_override != 0, lambda: "divisor must be not zero")
     if len(shape) < 3:
         raise IndexError(f"Dimension out of range (expected to be in range of [{-len(shape)}, {len(shape) - 1}], "
                          "but got -3)")
-    kh, kw = _pick(kernel_size, 0), _pick(kernel_size, 1)
-    sh, sw = (kh, kw) if len(stride) == 0 else (_pick(stride, 0), _pick(stride, 1))
-    ph, pw = top_left_padding(padding)
-    dh, dw = _pick(dilation, 0), _pick(dilation, 1)
     torch._check(dh > 0 and dw > 0,
                  lambda: f"dilation should be greater than zero, but got dilationH: {dh} dilationW: {dw}")
     C, H, W = shape[-3:]
-    if sided:
-        oh = _checked_sided_output_size(H, kh, sh, padding[0], padding[1], dh, "avg_pool2d")
-        ow = _checked_sided_output_size(W, kw, sw, padding[2], padding[3], dw, "avg_pool2d")
-    else:
-        oh = _checked_output_size(H, kh, sh, ph, dh, ceil_mode)
-        ow = _checked_output_size(W, kw, sw, pw, dw, ceil_mode)
+    oh, ow = _pool_output_hw("avg_pool2d", H, W, params, padding, sided, ceil_mode)
     torch._check(kh > 0 and kw > 0, lambda: f"kernel size should be greater than zero, but got kH: {kh} kW: {kw}")
     torch._check(sh > 0 and sw > 0, lambda: f"stride should be greater than zero, but got dH: {sh} dW: {sw}")
     torch._check(len(shape) in (3, 4) and C > 0 and H > 0 and W > 0,
                  lambda: "Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for input, "
                  f"but got:{list(shape)}")
-    torch._check(sided or (kw // 2 >= pw and kh // 2 >= ph),
-                 lambda: f"pad should be smaller than or equal to half of kernel size, but got padW = {pw}, "
-                 f"padH = {ph}, kW = {kw}, kH = {kh}")
-    torch._check(oh >= 1 and ow >= 1,
-                 lambda: f"Given input size: ({C}x{H}x{W}). Calculated output size: ({C}x{oh}x{ow}). "
-                 "Output size is too small")
+    _check_pool_output(C, H, W, oh, ow, params, sided)
     return [*shape[:-2], oh, ow]
 
 
