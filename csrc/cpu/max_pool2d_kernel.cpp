@@ -115,12 +115,18 @@ inline void nhwc_block(const scalar_t* xn, scalar_t* y, out_t* idx, const Pool2d
   const int64_t m = kB > 0 ? kB : n;
   acc_t best[kCap];
   index_t arg[kCap];
+  // Start from the first tap rather than -inf (same result: the first tap
+  // always replaces -inf unless it is -inf itself): a constant fill of the
+  // block can turn into a slow memset instead of staying in registers.
+  const bool empty = rh.empty() || rw.empty();
+  const scalar_t* src0 = xn + (rh.begin * g.W + rw.begin) * g.C;
   for (int64_t j = 0; j < m; ++j) {
-    best[j] = lowest_value<acc_t>();
+    best[j] = empty ? lowest_value<acc_t>() : static_cast<acc_t>(src0[j]);
     arg[j] = first;
   }
   for (int64_t h = rh.begin, th = th0; h < rh.end; h += g.dh, ++th) {
     for (int64_t w = rw.begin, tw = tw0; w < rw.end; w += g.dw, ++tw) {
+      if (h == rh.begin && w == rw.begin) continue;
       const int64_t pos = h * g.W + w;
       max_tap<1, kIdx>(xn + pos * g.C, 1, m, best, arg, static_cast<index_t>(kTaps ? th * g.kw + tw : pos), index_t(0));
     }
