@@ -204,12 +204,16 @@ def _conv_backward(ctx, grad_out):
 torch.library.register_autograd("poolops::conv2d", _conv_backward, setup_context=_conv_setup)
 
 
-# grad_input = B(grad_out, weight) is bilinear: its derivative in grad_out is the
-# forward conv of the incoming gradient, in weight the weight-gradient op.
-def _conv_bwd_input_setup(ctx, inputs, output):
-    grad_out, weight, input_size, *params = inputs
-    ctx.save_for_backward(grad_out, weight)
+# Both conv backward ops are bilinear in their two tensor inputs: save those two
+# and the conv parameters (everything after the size argument).
+def _conv_bwd_setup(ctx, inputs, output):
+    first, second, _size, *params = inputs
+    ctx.save_for_backward(first, second)
     ctx.params = params
+
+
+# grad_input = B(grad_out, weight): its derivative in grad_out is the forward
+# conv of the incoming gradient, in weight the weight-gradient op.
 
 
 def _conv_bwd_input_backward(ctx, gg):
@@ -221,16 +225,10 @@ def _conv_bwd_input_backward(ctx, gg):
 
 
 torch.library.register_autograd("poolops::_conv2d_backward_input", _conv_bwd_input_backward,
-                                setup_context=_conv_bwd_input_setup)
+                                setup_context=_conv_bwd_setup)
 
 
-# grad_weight = C(grad_out, input) is bilinear too.
-def _conv_bwd_weight_setup(ctx, inputs, output):
-    grad_out, x, weight_size, *params = inputs
-    ctx.save_for_backward(grad_out, x)
-    ctx.params = params
-
-
+# grad_weight = C(grad_out, input) likewise.
 def _conv_bwd_weight_backward(ctx, gg):
     grad_out, x = ctx.saved_tensors
     need_go, need_x = ctx.needs_input_grad[:2]
@@ -240,4 +238,4 @@ def _conv_bwd_weight_backward(ctx, gg):
 
 
 torch.library.register_autograd("poolops::_conv2d_backward_weight", _conv_bwd_weight_backward,
-                                setup_context=_conv_bwd_weight_setup)
+                                setup_context=_conv_bwd_setup)
