@@ -1,5 +1,7 @@
 #include "conv_args.h"
 
+#include "output_alloc.h"
+
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
 #include <ATen/ops/addmm.h>
@@ -172,7 +174,7 @@ at::Tensor run_conv2d(const at::Tensor& input, const at::Tensor& weight, const s
   const bool cl = suggests_channels_last(input) || suggests_channels_last(weight);
   const at::Tensor bias = bias_.has_value() ? *bias_ : at::Tensor();
   check_same_device(input, weight, bias);
-  at::Tensor out = at::empty({g.N, g.OC, g.OH, g.OW}, input.options().memory_format(format_of(cl)));
+  at::Tensor out = empty_output({g.N, g.OC, g.OH, g.OW}, input.options().memory_format(format_of(cl)));
   if (out.numel() == 0) return out;
   if (g.C == 0) {
     out.zero_();
@@ -218,7 +220,7 @@ at::Tensor run_conv2d_backward_input(const at::Tensor& grad_output, const at::Te
   check_same_device(grad_output, weight);
   check_grad_output(grad_output, g);
   const bool cl = suggests_channels_last(grad_output) || suggests_channels_last(weight);
-  at::Tensor grad_input = at::empty(input_size, grad_output.options().memory_format(format_of(cl)));
+  at::Tensor grad_input = empty_output(input_size, grad_output.options().memory_format(format_of(cl)));
   if (grad_input.numel() == 0) return grad_input;
   if (g.OC == 0 || grad_output.numel() == 0) return grad_input.zero_();
   const at::Tensor gout = grad_output.contiguous(format_of(cl));

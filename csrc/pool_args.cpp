@@ -1,5 +1,7 @@
 #include "pool_args.h"
 
+#include "output_alloc.h"
+
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
@@ -95,8 +97,8 @@ at::Tensor as_dense_4d(const at::Tensor& input, bool channels_last) {
 at::Tensor new_pool_output(const at::Tensor& like, const Pool2dGeom& g, bool batched, bool channels_last,
                            c10::ScalarType dtype) {
   auto options = like.options().dtype(dtype);
-  if (!batched) return at::empty({g.C, g.OH, g.OW}, options);
-  return at::empty({g.N, g.C, g.OH, g.OW},
+  if (!batched) return empty_output({g.C, g.OH, g.OW}, options);
+  return empty_output({g.N, g.C, g.OH, g.OW},
                    options.memory_format(channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
 }
 

@@ -10,6 +10,7 @@
 #include <tuple>
 #include <vector>
 
+#include "output_alloc.h"
 #include "pool_math.h"
 
 namespace poolops {
@@ -87,7 +88,7 @@ at::Tensor run_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
                                at::IntArrayRef input_size, const Pool2dGeom& g, const Launch& launch) {
   const bool cl = wants_channels_last(indices.defined() ? indices : grad_output);
   const auto format = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  at::Tensor grad_input = at::empty(input_size, grad_output.options().memory_format(format));
+  at::Tensor grad_input = empty_output(input_size, grad_output.options().memory_format(format));
   if (grad_input.numel() > 0) {
     launch(as_dense_4d(grad_output, cl), indices.defined() ? as_dense_4d(indices, cl) : indices,
            grad_input.dim() == 3 ? grad_input.unsqueeze(0) : grad_input, g, cl);

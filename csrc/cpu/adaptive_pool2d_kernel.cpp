@@ -65,10 +65,11 @@ void avg_forward(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, bool chann
   using acc_t = at::opmath_type<scalar_t>;
   const AdaptiveWindows<acc_t> win(g);
   if (channels_last) {
+    const int64_t ahead = prefetch_ahead(std::max<int64_t>(1, g.W / g.OW) * g.C, sizeof(scalar_t));
     for_each_output_pixel(x, g, [&](const scalar_t* xn, int64_t oh, int64_t ow, int64_t p) {
       const ExactDiv<acc_t> kh = win.kh[oh], kw = win.kw[ow];
       nhwc_window_sum(xn, g.W, g.C, g.C, win.rows[oh], win.cols[ow], y + p * g.C,
-                      [&](acc_t sum) { return kw(kh(sum)); });
+                      [&](acc_t sum) { return kw(kh(sum)); }, ahead);
     });
     return;
   }
@@ -98,8 +99,10 @@ void max_forward(const scalar_t* x, scalar_t* y, int64_t* idx, const Pool2dGeom&
   using acc_t = at::opmath_type<scalar_t>;
   const AdaptiveWindows<acc_t> win(g);
   if (channels_last) {
+    const int64_t ahead = prefetch_ahead(std::max<int64_t>(1, g.W / g.OW) * g.C, sizeof(scalar_t));
     for_each_output_pixel(x, g, [&](const scalar_t* xn, int64_t oh, int64_t ow, int64_t p) {
-      nhwc_window_max<scalar_t, index_t>(xn, g.W, g.C, g.C, win.rows[oh], win.cols[ow], y + p * g.C, idx + p * g.C);
+      nhwc_window_max<scalar_t, index_t>(xn, g.W, g.C, g.C, win.rows[oh], win.cols[ow], y + p * g.C, idx + p * g.C,
+                                         ahead);
     });
     return;
   }

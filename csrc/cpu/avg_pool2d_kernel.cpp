@@ -15,15 +15,59 @@
 namespace poolops {
 namespace {
 
+// One tap added to n consecutive outputs whose inputs lie `step` apart
+// (kStep > 0 fixes the step so that the loop vectorises well).
+template <int kStep, typename scalar_t, typename acc_t>
+inline void sum_tap(const scalar_t* src, int64_t step, int64_t n, acc_t* acc) {
+  const int64_t st = kStep > 0 ? kStep : step;
+  for (int64_t j = 0; j < n; ++j) acc[j] += static_cast<acc_t>(src[j * st]);
+}
+
+// NCHW: one task per output row. Outputs whose window lies inside [0, W) are
+// swept tap by tap across the row, each still summing its taps in row-major
+// order and then dividing, as the shared scalar path does for the others.
 template <typename scalar_t>
 void forward_nchw(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const AvgPoolOpts& opt) {
   using acc_t = at::opmath_type<scalar_t>;
+  const Range inner = inner_columns(g);
+  std::vector<AvgWindow> cols(g.OW);
+  for (int64_t ow = 0; ow < g.OW; ++ow) cols[ow] = avg_col_window(ow, g, opt);
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.OW * g.kh * g.kw));
   at::parallel_for(0, g.N * g.C * g.OH, grain, [&](int64_t begin, int64_t end) {
+    acc_t acc[kLanes];
     for (int64_t r = begin; r < end; ++r) {
+      const int64_t oh = r % g.OH;
       const scalar_t* plane = x + (r / g.OH) * g.H * g.W;
-      for (int64_t ow = 0; ow < g.OW; ++ow) {
-        y[r * g.OW + ow] = static_cast<scalar_t>(avg_pool_output<scalar_t, acc_t>(plane, g.W, 1, g, opt, r % g.OH, ow));
+      scalar_t* yrow = y + r * g.OW;
+      const AvgWindow wh = avg_row_window(oh, g, opt);
+      const auto scalar_output = [&](int64_t ow) {
+        yrow[ow] = static_cast<scalar_t>(avg_pool_output<scalar_t, acc_t>(plane, g.W, 1, g, opt, oh, ow));
+      };
+      for (int64_t ow = 0; ow < inner.begin; ++ow) scalar_output(ow);
+      for (int64_t ow = inner.end; ow < g.OW; ++ow) scalar_output(ow);
+      if (wh.taps.empty()) {
+        for (int64_t ow = inner.begin; ow < inner.end; ++ow) scalar_output(ow);
+        continue;
+      }
+      for (int64_t c0 = inner.begin; c0 < inner.end; c0 += kLanes) {
+        const int64_t n = std::min(kLanes, inner.end - c0);
+        const int64_t w0 = c0 * g.sw - g.pw;
+        std::fill(acc, acc + n, acc_t(0));
+        for (int64_t h = wh.taps.begin; h < wh.taps.end; h += g.dh) {
+          for (int64_t t = 0; t < g.kw; ++t) {
+            const scalar_t* src = plane + h * g.W + w0 + t * g.dw;
+            if (g.sw == 1) {
+              sum_tap<1>(src, 1, n, acc);
+            } else if (g.sw == 2) {
+              sum_tap<2>(src, 2, n, acc);
+            } else {
+              sum_tap<0>(src, g.sw, n, acc);
+            }
+          }
+        }
+        for (int64_t j = 0; j < n; ++j) {
+          yrow[c0 + j] = static_cast<scalar_t>(acc[j] / static_cast<acc_t>(avg_pool_divisor(wh, cols[c0 + j], opt)));
+        }
       }
     }
   });
@@ -35,6 +79,7 @@ template <typename scalar_t>
 void forward_nhwc(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const AvgPoolOpts& opt) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.C * g.kh * g.kw));
+  const int64_t ahead = prefetch_ahead(g.sw * g.C, sizeof(scalar_t));
   at::parallel_for(0, g.N * g.OH * g.OW, grain, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t ow = p % g.OW;
@@ -47,8 +92,8 @@ void forward_nhwc(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
         continue;
       }
       const ExactDiv<acc_t> div(static_cast<acc_t>(avg_pool_divisor(wh, ww, opt)));
-      nhwc_window_sum(xn, g.W, g.C, g.C, wh.taps, ww.taps, y + p * g.C, [&](acc_t sum) { return div(sum); }, g.dh,
-                      g.dw);
+      nhwc_window_sum(xn, g.W, g.C, g.C, wh.taps, ww.taps, y + p * g.C, [&](acc_t sum) { return div(sum); }, ahead,
+                      g.dh, g.dw);
     }
   });
 }

@@ -23,6 +23,7 @@ void reduce_nhwc(const scalar_t* x, scalar_t* y, int64_t* idx, const Pool2dGeom&
   constexpr int64_t kBlock = 64;
   const int64_t HW = g.H * g.W;
   const int64_t blocks = (g.C + kBlock - 1) / kBlock;
+  const int64_t ahead = prefetch_ahead(g.C, sizeof(scalar_t));
   at::parallel_for(0, g.N * blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / blocks;
@@ -32,10 +33,10 @@ void reduce_nhwc(const scalar_t* x, scalar_t* y, int64_t* idx, const Pool2dGeom&
       const int64_t o = n * g.C + c0;
       // The plane is scanned as a single row of HW pixels.
       if (kMax) {
-        nhwc_window_max<scalar_t, index_t>(xn, HW, g.C, cb, Range{0, 1}, Range{0, HW}, y + o, idx + o);
+        nhwc_window_max<scalar_t, index_t>(xn, HW, g.C, cb, Range{0, 1}, Range{0, HW}, y + o, idx + o, ahead);
       } else {
         nhwc_window_sum(xn, HW, g.C, cb, Range{0, 1}, Range{0, HW}, y + o,
-                        [&](acc_t sum) { return sum / static_cast<acc_t>(HW); });
+                        [&](acc_t sum) { return sum / static_cast<acc_t>(HW); }, ahead);
       }
     }
   });

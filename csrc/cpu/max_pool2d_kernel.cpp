@@ -13,11 +13,10 @@
 #include <vector>
 
 #include "../pool_args.h"
+#include "cpu_loops.h"
 
 namespace poolops {
 namespace {
-
-constexpr int64_t kLanes = 256;  // outputs (NCHW) or channels (NHWC) kept in registers/L1 at once
 
 // One tap applied to n consecutive outputs whose inputs lie `step` apart.
 // Written branch-free so the compiler vectorises it; kStep > 0 fixes the step.
@@ -52,9 +51,8 @@ template <typename scalar_t, typename index_t, typename out_t, bool kIdx>
 void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& g) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool kTaps = std::is_same_v<out_t, uint8_t>;
-  const int64_t ow_lo = std::min(g.OW, (g.pw + g.sw - 1) / g.sw);
-  const int64_t last_start = g.W - 1 - (g.kw - 1) * g.dw + g.pw;
-  const int64_t ow_hi = std::max(ow_lo, std::min(g.OW, last_start < 0 ? 0 : last_start / g.sw + 1));
+  const Range inner = inner_columns(g);
+  const int64_t ow_lo = inner.begin, ow_hi = inner.end;
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.OW * g.kh * g.kw));
   at::parallel_for(0, g.N * g.C * g.OH, grain, [&](int64_t begin, int64_t end) {
     acc_t best[kLanes];
@@ -108,7 +106,7 @@ void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
 // kB == 0 handles the tail of n < block channels through L1.
 template <int kB, bool kIdx, typename scalar_t, typename index_t, typename out_t>
 inline void nhwc_block(const scalar_t* xn, scalar_t* y, out_t* idx, const Pool2dGeom& g, Range rh, Range rw,
-                       index_t first, int64_t th0, int64_t tw0, int64_t n) {
+                       index_t first, int64_t th0, int64_t tw0, int64_t n, int64_t ahead) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool kTaps = std::is_same_v<out_t, uint8_t>;
   constexpr int64_t kCap = kB > 0 ? kB : kLanes;
@@ -120,6 +118,7 @@ inline void nhwc_block(const scalar_t* xn, scalar_t* y, out_t* idx, const Pool2d
   // block can turn into a slow memset instead of staying in registers.
   const bool empty = rh.empty() || rw.empty();
   const scalar_t* src0 = xn + (rh.begin * g.W + rw.begin) * g.C;
+  if (kB > 0) prefetch_block<kB * sizeof(scalar_t)>(src0 + ahead);
   for (int64_t j = 0; j < m; ++j) {
     best[j] = empty ? lowest_value<acc_t>() : static_cast<acc_t>(src0[j]);
     arg[j] = first;
@@ -128,6 +127,7 @@ inline void nhwc_block(const scalar_t* xn, scalar_t* y, out_t* idx, const Pool2d
     for (int64_t w = rw.begin, tw = tw0; w < rw.end; w += g.dw, ++tw) {
       if (h == rh.begin && w == rw.begin) continue;
       const int64_t pos = h * g.W + w;
+      if (kB > 0) prefetch_block<kB * sizeof(scalar_t)>(xn + pos * g.C + ahead);
       max_tap<1, kIdx>(xn + pos * g.C, 1, m, best, arg, static_cast<index_t>(kTaps ? th * g.kw + tw : pos), index_t(0));
     }
   }
@@ -143,6 +143,7 @@ void forward_nhwc(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int kB = 128 / sizeof(acc_t);  // running maxima kept in AVX2 registers
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.C * g.kh * g.kw));
+  const int64_t ahead = prefetch_ahead(g.sw * g.C, sizeof(scalar_t));
   at::parallel_for(0, g.N * g.OH * g.OW, grain, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t ow = p % g.OW;
@@ -157,10 +158,11 @@ void forward_nhwc(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
       out_t* ip = kIdx ? idx + p * g.C : nullptr;
       int64_t c0 = 0;
       for (; c0 + kB <= g.C; c0 += kB) {
-        nhwc_block<kB, kIdx>(xn + c0, y + p * g.C + c0, ip + c0, g, rh, rw, first, th0, tw0, kB);
+        nhwc_block<kB, kIdx>(xn + c0, y + p * g.C + c0, ip + c0, g, rh, rw, first, th0, tw0, kB, ahead);
       }
       for (; c0 < g.C; c0 += kLanes) {
-        nhwc_block<0, kIdx>(xn + c0, y + p * g.C + c0, ip + c0, g, rh, rw, first, th0, tw0, std::min(kLanes, g.C - c0));
+        nhwc_block<0, kIdx>(xn + c0, y + p * g.C + c0, ip + c0, g, rh, rw, first, th0, tw0, std::min(kLanes, g.C - c0),
+                            ahead);
       }
     }
   });

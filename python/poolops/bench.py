@@ -150,7 +150,7 @@ def _median_ms(fn, min_run_time):
 
 def copy_bandwidth(device, min_run_time):
     """GB/s of a large same-device copy (bytes read + written): the roofline."""
-    src = torch.empty(64 * 2**20 // 4, device=device)
+    src = torch.ones(64 * 2**20 // 4, device=device)  # touched: untouched pages would all read one zero page
     dst = torch.empty_like(src)
     return 2 * _elt(src) / _median_ms(lambda: dst.copy_(src), min_run_time) / 1e6
 
