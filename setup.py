@@ -5,6 +5,7 @@ Environment switches:
   FORCE_CUDA=1     require the CUDA build (fail if no toolkit is found)
   DEBUG=1          -O0 -g
   POOLOPS_SANITIZE=1  AddressSanitizer + UndefinedBehaviorSanitizer (CPU code; see scripts/sanitize.sh)
+  POOLOPS_MARCH="-march=native"  CPU flags instead of -march=x86-64-v3 (a build for this machine only)
 The CUDA build needs no GPU: CUDA_HOME defaults to /usr/local/cuda and
 TORCH_CUDA_ARCH_LIST to 9.0 (H100/H200).
 """
@@ -34,7 +35,9 @@ debug = os.environ.get("DEBUG", "0") == "1"
 opt = ["-O0", "-g"] if debug else ["-O3"]
 # The CPU loops are written for the auto-vectoriser; on x86 they target AVX2
 # (x86-64-v3). poolops/__init__.py refuses to load on a CPU without it.
-isa = ["-march=x86-64-v3"] if platform.machine() in ("x86_64", "AMD64") else []
+# POOLOPS_MARCH overrides the flags for a build that stays on one machine
+# (e.g. "-march=native": AVX-512 speeds up the bfloat16 loops where present).
+isa = os.environ.get("POOLOPS_MARCH", "-march=x86-64-v3").split() if platform.machine() in ("x86_64", "AMD64") else []
 # at::parallel_for is inline OpenMP: without -fopenmp every kernel runs on one thread.
 import torch  # noqa: E402
 

@@ -75,6 +75,11 @@ case("_max_pool2d_backward index outside plane", lambda: ops._max_pool2d_backwar
 case("_max_pool2d_backward input_size rank", lambda: ops._max_pool2d_backward(G, I, [8, 8], [2], [], [0], [1], False), RuntimeError, "input_size must have 3 or 4 elements")
 case("_max_pool2d_backward devices", lambda: ops._max_pool2d_backward(G, I.to("meta"), [2, 3, 8, 8], [2], [], [0], [1], False), RuntimeError, "same device|meta")
 case("_avg_pool2d_backward wrong grad shape", lambda: ops._avg_pool2d_backward(torch.randn(2, 3, 5, 4), [2, 3, 8, 8], [2], [], [0], False, True, None), RuntimeError, "expected grad_output of size")
+for cl in (False, True):
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    case(f"_adaptive_max_pool2d_backward index outside plane{' NHWC' if cl else ''}",
+         lambda fmt=fmt: ops._adaptive_max_pool2d_backward(G.contiguous(memory_format=fmt), (I + 64).contiguous(memory_format=fmt), [2, 3, 8, 8]),
+         RuntimeError, "adaptive_max_pool2d_backward: found an invalid max index")
 case("_adaptive_avg_pool2d_backward wrong grad shape", lambda: ops._adaptive_avg_pool2d_backward(G, [2, 3, 8]), RuntimeError, "")
 
 # Modules: bad constructor arguments surface at call time, as in torch.nn.

@@ -200,9 +200,8 @@ at::Tensor adaptive_max_pool2d_backward_cpu(const at::Tensor& grad_output, const
                              [&](const at::Tensor& gout, const at::Tensor& idx, const at::Tensor& gin,
                                  const Pool2dGeom& g, bool cl) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gout.scalar_type(), "adaptive_max_pool2d_backward", [&] {
-      const AdaptiveWindows<at::opmath_type<scalar_t>> win(g);
-      indexed_max_backward(gout.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(),
-                           gin.mutable_data_ptr<scalar_t>(), g, win.rows, win.cols, cl);
+      argmax_backward(gout.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(), gin.mutable_data_ptr<scalar_t>(),
+                      g, cl, "adaptive_max_pool2d_backward");
     });
   });
 }

@@ -73,11 +73,29 @@ void forward_nchw(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
   });
 }
 
+// The windows of every output row and column and the divisor of every output.
+template <typename acc_t>
+struct AvgTables {
+  std::vector<Range> rows, cols;
+  std::vector<ExactDiv<acc_t>> divisors;  // (OH, OW)
+  AvgTables(const Pool2dGeom& g, const AvgPoolOpts& opt) : rows(g.OH), cols(g.OW), divisors(g.OH * g.OW) {
+    std::vector<AvgWindow> wh(g.OH), ww(g.OW);
+    for (int64_t oh = 0; oh < g.OH; ++oh) rows[oh] = (wh[oh] = avg_row_window(oh, g, opt)).taps;
+    for (int64_t ow = 0; ow < g.OW; ++ow) cols[ow] = (ww[ow] = avg_col_window(ow, g, opt)).taps;
+    for (int64_t oh = 0; oh < g.OH; ++oh) {
+      for (int64_t ow = 0; ow < g.OW; ++ow) {
+        divisors[oh * g.OW + ow] = ExactDiv<acc_t>(static_cast<acc_t>(avg_pool_divisor(wh[oh], ww[ow], opt)));
+      }
+    }
+  }
+};
+
 // NHWC: all channels of an output pixel summed together, each in the same
 // row-major tap order as the scalar path, so both layouts agree bit for bit.
 template <typename scalar_t>
 void forward_nhwc(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const AvgPoolOpts& opt) {
   using acc_t = at::opmath_type<scalar_t>;
+  const AvgTables<acc_t> tab(g, opt);
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.C * g.kh * g.kw));
   const int64_t ahead = prefetch_ahead(g.sw * g.C, sizeof(scalar_t));
   at::parallel_for(0, g.N * g.OH * g.OW, grain, [&](int64_t begin, int64_t end) {
@@ -85,15 +103,14 @@ void forward_nhwc(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
       const int64_t ow = p % g.OW;
       const int64_t oh = (p / g.OW) % g.OH;
       const scalar_t* xn = x + (p / (g.OW * g.OH)) * g.H * g.W * g.C;
-      const AvgWindow wh = avg_row_window(oh, g, opt);
-      const AvgWindow ww = avg_col_window(ow, g, opt);
-      if (wh.taps.empty() || ww.taps.empty()) {
+      const Range rh = tab.rows[oh], rw = tab.cols[ow];
+      if (rh.empty() || rw.empty()) {
         std::fill(y + p * g.C, y + (p + 1) * g.C, scalar_t(0));
         continue;
       }
-      const ExactDiv<acc_t> div(static_cast<acc_t>(avg_pool_divisor(wh, ww, opt)));
-      nhwc_window_sum(xn, g.W, g.C, g.C, wh.taps, ww.taps, y + p * g.C, [&](acc_t sum) { return div(sum); }, ahead,
-                      g.dh, g.dw);
+      const ExactDiv<acc_t>& div = tab.divisors[oh * g.OW + ow];
+      nhwc_window_sum(xn, g.W, g.C, g.C, rh, rw, y + p * g.C, [&](acc_t sum) { return div(sum); }, ahead, g.dh,
+                      g.dw);
     }
   });
 }
@@ -103,24 +120,9 @@ void forward_nhwc(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
 template <typename scalar_t>
 void backward(const scalar_t* gout, scalar_t* gin, const Pool2dGeom& g, const AvgPoolOpts& opt, bool channels_last) {
   using acc_t = at::opmath_type<scalar_t>;
-  std::vector<AvgWindow> wh(g.OH), ww(g.OW);
-  std::vector<Range> rows(g.OH), cols(g.OW);
-  for (int64_t oh = 0; oh < g.OH; ++oh) {
-    wh[oh] = avg_row_window(oh, g, opt);
-    rows[oh] = wh[oh].taps;
-  }
-  for (int64_t ow = 0; ow < g.OW; ++ow) {
-    ww[ow] = avg_col_window(ow, g, opt);
-    cols[ow] = ww[ow].taps;
-  }
-  std::vector<ExactDiv<acc_t>> divisors(g.OH * g.OW);
-  for (int64_t oh = 0; oh < g.OH; ++oh) {
-    for (int64_t ow = 0; ow < g.OW; ++ow) {
-      divisors[oh * g.OW + ow] = ExactDiv<acc_t>(static_cast<acc_t>(avg_pool_divisor(wh[oh], ww[ow], opt)));
-    }
-  }
-  window_avg_backward(gout, gin, g, rows, cols, channels_last, [&](int64_t oh, int64_t ow) {
-    return Divisor<acc_t, false>{divisors[oh * g.OW + ow], {}};
+  const AvgTables<acc_t> tab(g, opt);
+  window_avg_backward(gout, gin, g, tab.rows, tab.cols, channels_last, [&](int64_t oh, int64_t ow) {
+    return Divisor<acc_t, false>{tab.divisors[oh * g.OW + ow], {}};
   }, g.dh, g.dw);
 }
 

@@ -15,11 +15,11 @@
 #include <vector>
 
 #include "../conv_args.h"
+#include "cpu_loops.h"
 
 namespace poolops {
 namespace {
 
-constexpr int64_t kLanes = 256;  // channels (NHWC) swept together per tap
 constexpr int64_t kBlock = 16;   // NCHW outputs kept in registers across the taps
 
 inline int64_t grain_for(int64_t work_per_item) {
@@ -368,38 +368,66 @@ void depthwise_backward_weight_nchw(const T* gout, const T* x, T* gw, const Conv
 // --- depthwise, NHWC (channel multiplier 1) -------------------------------------------------------
 // The weight is passed transposed to (kh*kw, C) so each tap is a channel vector.
 
-// One task per output row: each tap adds its weight vector times a run of
-// input pixels into the row's accumulators (channels innermost, contiguous).
+// One block of m channels of one output pixel: bias, then the pixel's nt
+// in-range taps (input pixel offset src[t] elements from xn, weight row wrow[t]),
+// in row-major order, summed in registers (kB > 0 fixes m) or through L1
+// (kB == 0, m <= kLanes), each tap prefetching its block `ahead` on.
+template <int kB, typename T, typename acc_t>
+inline void depthwise_nhwc_block(const T* xn, const acc_t* wv, const T* bias, T* y, const int64_t* src,
+                                 const int64_t* wrow, int64_t nt, int64_t m, int64_t ahead) {
+  constexpr int64_t kCap = kB > 0 ? kB : kLanes;
+  if (kB > 0) m = kB;
+  acc_t acc[kCap];
+  for (int64_t c = 0; c < m; ++c) acc[c] = bias ? static_cast<acc_t>(bias[c]) : acc_t(0);
+  for (int64_t t = 0; t < nt; ++t) {
+    const T* in = xn + src[t];
+    if (kB > 0) prefetch_block<kB * sizeof(T)>(in + ahead);
+    const acc_t* wt = wv + wrow[t];
+    for (int64_t c = 0; c < m; ++c) acc[c] += wt[c] * static_cast<acc_t>(in[c]);
+  }
+  for (int64_t c = 0; c < m; ++c) y[c] = static_cast<T>(acc[c]);
+}
+
+// One task per run of output pixels, channels blocked in registers.
 template <typename T>
 void depthwise_forward_nhwc(const T* x, const T* wtc, const T* bias, T* y, const Conv2dGeom& g) {
   using acc_t = at::opmath_type<T>;
-  constexpr bool kDirect = std::is_same_v<acc_t, T>;
+  constexpr int kB = (sizeof(T) == sizeof(acc_t) ? 256 : 128) / sizeof(acc_t);  // accumulators in AVX2 registers
   const int64_t C = g.C;
   std::vector<acc_t> wv(g.taps() * C);
   for (int64_t e = 0; e < g.taps() * C; ++e) wv[e] = static_cast<acc_t>(wtc[e]);
-  at::parallel_for(0, g.N * g.OH, grain_for(g.OW * C * g.taps()), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> scratch(kDirect ? 0 : g.OW * C);
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / g.OH, oh = row % g.OH;
-      acc_t* acc = kDirect ? reinterpret_cast<acc_t*>(y + row * g.OW * C) : scratch.data();
-      for (int64_t ow = 0; ow < g.OW; ++ow) {
-        for (int64_t c = 0; c < C; ++c) acc[ow * C + c] = bias ? static_cast<acc_t>(bias[c]) : acc_t(0);
-      }
+  const int64_t ahead = prefetch_ahead(g.sw * C, sizeof(T));
+  at::parallel_for(0, g.N * g.OH * g.OW, grain_for(C * g.taps()), [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> src(g.taps()), wrow(g.taps());
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t ow = p % g.OW, oh = (p / g.OW) % g.OH;
+      const T* xn = x + (p / g.ohw()) * g.H * g.W * C;
+      int64_t nt = 0;
       for (int64_t i = 0; i < g.kh; ++i) {
         const int64_t h = conv_source(oh, i, g.sh, g.ph, g.dh);
         if (h < 0 || h >= g.H) continue;
-        const T* xrow = x + (n * g.H + h) * g.W * C;
         for (int64_t j = 0; j < g.kw; ++j) {
-          const Range rw = conv_tap_outputs(j, g.W, g.OW, g.sw, g.pw, g.dw);
-          const acc_t* w = wv.data() + (i * g.kw + j) * C;
-          for (int64_t ow = rw.begin; ow < rw.end; ++ow) {
-            const T* src = xrow + conv_source(ow, j, g.sw, g.pw, g.dw) * C;
-            acc_t* dst = acc + ow * C;
-            for (int64_t c = 0; c < C; ++c) dst[c] += w[c] * static_cast<acc_t>(src[c]);
-          }
+          const int64_t w = conv_source(ow, j, g.sw, g.pw, g.dw);
+          if (w < 0 || w >= g.W) continue;
+          src[nt] = (h * g.W + w) * C;
+          wrow[nt++] = (i * g.kw + j) * C;
         }
       }
-      if (!kDirect) std::copy(acc, acc + g.OW * C, y + row * g.OW * C);
+      T* yp = y + p * C;
+      const T* b = bias;
+      int64_t c0 = 0;
+      for (; c0 + kB <= C; c0 += kB) {
+        depthwise_nhwc_block<kB>(xn + c0, wv.data() + c0, b ? b + c0 : b, yp + c0, src.data(), wrow.data(), nt, kB,
+                                 ahead);
+      }
+      for (; c0 + kB / 4 <= C; c0 += kB / 4) {
+        depthwise_nhwc_block<kB / 4>(xn + c0, wv.data() + c0, b ? b + c0 : b, yp + c0, src.data(), wrow.data(), nt,
+                                     kB / 4, ahead);
+      }
+      for (; c0 < C; c0 += kLanes) {
+        depthwise_nhwc_block<0>(xn + c0, wv.data() + c0, b ? b + c0 : b, yp + c0, src.data(), wrow.data(), nt,
+                                std::min(kLanes, C - c0), ahead);
+      }
     }
   });
 }

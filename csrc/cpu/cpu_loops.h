@@ -1,15 +1,19 @@
-// Loops shared by the CPU kernels of the window-average and adaptive/global
-// pools. Backwards keep the summation order of ATen's CPU scatter (output
-// row-major per input element), are deterministic and use no atomics: every
-// task owns a disjoint part of grad_input.
+// Loops shared by the CPU pooling kernels. Backwards keep the summation order
+// of ATen's CPU scatter (output row-major per input element), are
+// deterministic and use no atomics: every task owns a disjoint part of
+// grad_input.
 #pragma once
 
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -152,53 +156,138 @@ void window_avg_backward(const scalar_t* gout, scalar_t* gin, const Pool2dGeom& 
   });
 }
 
-// Backward of a max pool from its argmax indices (flat within the plane).
-// NCHW: one task per plane scatters its outputs in row-major order. NHWC: one
-// task per input row gathers, per pixel, the covering outputs that chose it
-// (a select per channel, which vectorises), in output row-major order.
-template <typename scalar_t>
-void indexed_max_backward(const scalar_t* gout, const int64_t* idx, scalar_t* gin, const Pool2dGeom& g,
-                          const std::vector<Range>& rows, const std::vector<Range>& cols, bool channels_last) {
+// Backward. Every input element sums the gradients of the outputs that chose
+// it, in output row-major order: the order of the CUDA gather and of ATen's
+// CPU scatter, so fp32/fp64 results agree bit for bit. Deterministic: tasks
+// write disjoint parts of grad_input, with no atomics.
+//
+// A stored argmax becomes a flat index in the plane without divisions: int64
+// indices as they are; a tap as its window's origin (per output, `origin`)
+// plus a per-tap offset. Bytes that are no tap of the window map far outside
+// the plane, so one range check catches them with bad int64 indices.
+template <typename stored_t>
+class ArgmaxDecoder {
+ public:
+  static constexpr bool kTaps = std::is_same_v<stored_t, uint8_t>;
+  static constexpr int64_t kOff = int64_t(1) << 48;  // no plane is this large
+
+  explicit ArgmaxDecoder(const Pool2dGeom& g) : g_(g) {
+    if constexpr (kTaps) {
+      for (int64_t t = 0; t < 256; ++t) offset_[t] = t < g.kh * g.kw ? (t / g.kw) * g.dh * g.W + (t % g.kw) * g.dw : -kOff;
+    }
+  }
+  int64_t origin(int64_t oh, int64_t ow) const {
+    return kTaps ? (oh * g_.sh - g_.ph) * g_.W + ow * g_.sw - g_.pw : 0;
+  }
+  int64_t operator()(stored_t v, int64_t origin) const {
+    if constexpr (kTaps) {
+      return origin + offset_[v];
+    } else {
+      return v;
+    }
+  }
+  // True for an entry that is neither in the plane nor "no argmax" (-1 or kNoTap).
+  static bool bad(stored_t v) { return kTaps ? v != kNoTap : v != -1; }
+
+ private:
+  const Pool2dGeom& g_;
+  std::array<int64_t, kTaps ? 256 : 1> offset_{};
+};
+
+// NCHW: one task per plane scatters its outputs into the zeroed plane (float
+// and double in grad_input itself, half and bfloat16 in a float scratch).
+template <typename scalar_t, typename stored_t>
+void backward_nchw(const scalar_t* gout, const stored_t* idx, scalar_t* gin, const Pool2dGeom& g,
+                   std::atomic<bool>& bad) {
   using acc_t = at::opmath_type<scalar_t>;
+  constexpr bool kDirect = std::is_same_v<acc_t, scalar_t>;
   const int64_t HW = g.H * g.W;
   const int64_t OHW = g.OH * g.OW;
-  if (!channels_last) {
-    at::parallel_for(0, g.N * g.C, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, HW)), [&](int64_t b, int64_t e) {
-      AccBuffer<scalar_t> buf(HW);
-      for (int64_t t = b; t < e; ++t) {
-        acc_t* acc = buf.zeroed(gin + t * HW, HW);
-        for (int64_t o = t * OHW; o < (t + 1) * OHW; ++o) {
-          if (idx[o] >= 0) acc[idx[o]] += static_cast<acc_t>(gout[o]);
+  const ArgmaxDecoder<stored_t> decode(g);
+  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> scratch(kDirect ? 0 : HW);
+    bool found_bad = false;
+    for (int64_t t = begin; t < end; ++t) {
+      acc_t* acc = kDirect ? reinterpret_cast<acc_t*>(gin + t * HW) : scratch.data();
+      std::fill(acc, acc + HW, acc_t(0));
+      const stored_t* ip = idx + t * OHW;
+      const scalar_t* gp = gout + t * OHW;
+      for (int64_t oh = 0; oh < g.OH; ++oh, ip += g.OW, gp += g.OW) {
+        const int64_t row = decode.origin(oh, 0);
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          const int64_t i = decode(ip[ow], row + ow * g.sw);
+          if (static_cast<uint64_t>(i) < static_cast<uint64_t>(HW)) {
+            acc[i] += static_cast<acc_t>(gp[ow]);
+          } else {
+            found_bad |= decode.bad(ip[ow]);
+          }
         }
-        buf.store(gin + t * HW, HW);
       }
-    });
-    return;
-  }
-  const std::vector<Range> cover_h = covering_ranges(rows, g.H);
-  const std::vector<Range> cover_w = covering_ranges(cols, g.W);
-  const int64_t WC = g.W * g.C;
-  at::parallel_for(0, g.N * g.H, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, WC)), [&](int64_t b, int64_t e) {
-    AccBuffer<scalar_t> buf(WC);
-    for (int64_t r = b; r < e; ++r) {
-      const int64_t n = r / g.H;
-      const int64_t h = r % g.H;
-      acc_t* acc = buf.zeroed(gin + r * WC, WC);
-      for (int64_t w = 0; w < g.W; ++w) {
-        const int64_t target = h * g.W + w;
-        acc_t* px = acc + w * g.C;
-        for (int64_t oh = cover_h[h].begin; oh < cover_h[h].end; ++oh) {
-          for (int64_t ow = cover_w[w].begin; ow < cover_w[w].end; ++ow) {
-            const int64_t o = (n * OHW + oh * g.OW + ow) * g.C;
-            for (int64_t c = 0; c < g.C; ++c) {
-              px[c] += idx[o + c] == target ? static_cast<acc_t>(gout[o + c]) : acc_t(0);
+      if (!kDirect) std::copy(acc, acc + HW, gin + t * HW);
+    }
+    if (found_bad) bad.store(true, std::memory_order_relaxed);
+  });
+}
+
+// NHWC: tasks own a batch element's block of channels (split only as far as
+// needed to keep every thread busy) and scatter its outputs in row-major order.
+template <typename scalar_t, typename stored_t>
+void backward_nhwc(const scalar_t* gout, const stored_t* idx, scalar_t* gin, const Pool2dGeom& g,
+                   std::atomic<bool>& bad) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr bool kDirect = std::is_same_v<acc_t, scalar_t>;
+  const int64_t HW = g.H * g.W;
+  const int64_t OHW = g.OH * g.OW;
+  const int64_t threads = at::get_num_threads();
+  const int64_t blocks = g.N >= threads ? 1 : std::min((2 * threads + g.N - 1) / g.N, (g.C + 7) / 8);
+  const int64_t block = ((g.C + blocks - 1) / blocks + 7) / 8 * 8;
+  const int64_t per_n = (g.C + block - 1) / block;
+  const ArgmaxDecoder<stored_t> decode(g);
+  at::parallel_for(0, g.N * per_n, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> scratch(kDirect ? 0 : HW * block);
+    bool found_bad = false;
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / per_n;
+      const int64_t c0 = (t % per_n) * block;
+      const int64_t cb = std::min(block, g.C - c0);
+      scalar_t* out = gin + n * HW * g.C + c0;
+      acc_t* acc = kDirect ? reinterpret_cast<acc_t*>(out) : scratch.data();
+      const int64_t ld = kDirect ? g.C : cb;  // distance between pixels in acc
+      for (int64_t i = 0; i < HW; ++i) std::fill(acc + i * ld, acc + i * ld + cb, acc_t(0));
+      const stored_t* ip = idx + n * OHW * g.C + c0;
+      const scalar_t* gp = gout + n * OHW * g.C + c0;
+      for (int64_t oh = 0; oh < g.OH; ++oh) {
+        for (int64_t ow = 0; ow < g.OW; ++ow, ip += g.C, gp += g.C) {
+          const int64_t origin = decode.origin(oh, ow);
+          for (int64_t c = 0; c < cb; ++c) {
+            const int64_t i = decode(ip[c], origin);
+            if (static_cast<uint64_t>(i) < static_cast<uint64_t>(HW)) {
+              acc[i * ld + c] += static_cast<acc_t>(gp[c]);
+            } else {
+              found_bad |= decode.bad(ip[c]);
             }
           }
         }
       }
-      buf.store(gin + r * WC, WC);
+      if (!kDirect) {
+        for (int64_t i = 0; i < HW; ++i) std::copy(acc + i * ld, acc + i * ld + cb, out + i * g.C);
+      }
     }
+    if (found_bad) bad.store(true, std::memory_order_relaxed);
   });
+}
+
+// The backward of every argmax pool (max, adaptive max). An index outside
+// the plane other than -1 is never written and fails the call with the op's
+// name (and, where taps are allowed, the tap rule).
+template <typename scalar_t, typename stored_t>
+void argmax_backward(const scalar_t* gout, const stored_t* idx, scalar_t* gin, const Pool2dGeom& g,
+                     bool channels_last, const char* op, bool taps_allowed = false) {
+  std::atomic<bool> bad{false};
+  channels_last ? backward_nhwc(gout, idx, gin, g, bad) : backward_nchw(gout, idx, gin, g, bad);
+  TORCH_CHECK(!bad.load(), op, ": found an invalid max index (outside the ", g.H, "x", g.W,
+              " input plane and not -1)", taps_allowed ? " or tap (not below " : "",
+              taps_allowed ? std::to_string(g.kh * g.kw) + " and not 255)" : std::string());
 }
 
 // Max over the window rh x rw of one NHWC image for m channels, each scanned in

@@ -194,126 +194,17 @@ void launch_forward(const at::Tensor& x, const at::Tensor& out, const at::Tensor
   });
 }
 
-// Backward. Every input element sums the gradients of the outputs that chose
-// it, in output row-major order: the order of the CUDA gather and of ATen's
-// CPU scatter, so fp32/fp64 results agree bit for bit. Deterministic: tasks
-// write disjoint parts of grad_input, with no atomics.
-//
-// Flat indices of stored argmaxes without divisions: int64 indices as they
-// are; a tap as its window's origin plus a per-tap offset (-1 for kNoTap, -2
-// for a byte that is no tap of the window).
-template <typename stored_t>
-class ArgmaxDecoder {
- public:
-  explicit ArgmaxDecoder(const Pool2dGeom& g) : g_(g) {
-    if constexpr (kTaps) {
-      for (int64_t t = 0; t < 256; ++t) offset_[t] = t < g.kh * g.kw ? (t / g.kw) * g.dh * g.W + (t % g.kw) * g.dw : -1;
-    }
-  }
-  int64_t operator()(stored_t v, int64_t oh, int64_t ow) const {
-    if constexpr (kTaps) {
-      if (offset_[v] < 0) return v == kNoTap ? -1 : -2;
-      return (oh * g_.sh - g_.ph) * g_.W + ow * g_.sw - g_.pw + offset_[v];
-    } else {
-      return v;
-    }
-  }
-
- private:
-  static constexpr bool kTaps = std::is_same_v<stored_t, uint8_t>;
-  const Pool2dGeom& g_;
-  std::array<int64_t, kTaps ? 256 : 1> offset_{};
-};
-
-// NCHW: one task per plane scatters its outputs into the zeroed plane (float
-// and double in grad_input itself, half and bfloat16 in a float scratch).
-template <typename scalar_t, typename stored_t>
-void backward_nchw(const scalar_t* gout, const stored_t* idx, scalar_t* gin, const Pool2dGeom& g,
-                   std::atomic<bool>& bad) {
-  using acc_t = at::opmath_type<scalar_t>;
-  constexpr bool kDirect = std::is_same_v<acc_t, scalar_t>;
-  const int64_t HW = g.H * g.W;
-  const int64_t OHW = g.OH * g.OW;
-  const ArgmaxDecoder<stored_t> decode(g);
-  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> scratch(kDirect ? 0 : HW);
-    for (int64_t t = begin; t < end; ++t) {
-      acc_t* acc = kDirect ? reinterpret_cast<acc_t*>(gin + t * HW) : scratch.data();
-      std::fill(acc, acc + HW, acc_t(0));
-      for (int64_t oh = 0, o = t * OHW; oh < g.OH; ++oh) {
-        for (int64_t ow = 0; ow < g.OW; ++ow, ++o) {
-          const int64_t i = decode(idx[o], oh, ow);
-          if (static_cast<uint64_t>(i) < static_cast<uint64_t>(HW)) {
-            acc[i] += static_cast<acc_t>(gout[o]);
-          } else if (i != -1) {
-            bad.store(true, std::memory_order_relaxed);
-          }
-        }
-      }
-      if (!kDirect) std::copy(acc, acc + HW, gin + t * HW);
-    }
-  });
-}
-
-// NHWC: tasks own a batch element's block of channels (split only as far as
-// needed to keep every thread busy) and scatter its outputs in row-major order.
-template <typename scalar_t, typename stored_t>
-void backward_nhwc(const scalar_t* gout, const stored_t* idx, scalar_t* gin, const Pool2dGeom& g,
-                   std::atomic<bool>& bad) {
-  using acc_t = at::opmath_type<scalar_t>;
-  constexpr bool kDirect = std::is_same_v<acc_t, scalar_t>;
-  const int64_t HW = g.H * g.W;
-  const int64_t OHW = g.OH * g.OW;
-  const int64_t threads = at::get_num_threads();
-  const int64_t blocks = g.N >= threads ? 1 : std::min((2 * threads + g.N - 1) / g.N, (g.C + 7) / 8);
-  const int64_t block = ((g.C + blocks - 1) / blocks + 7) / 8 * 8;
-  const int64_t per_n = (g.C + block - 1) / block;
-  const ArgmaxDecoder<stored_t> decode(g);
-  at::parallel_for(0, g.N * per_n, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> scratch(kDirect ? 0 : HW * block);
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t n = t / per_n;
-      const int64_t c0 = (t % per_n) * block;
-      const int64_t cb = std::min(block, g.C - c0);
-      scalar_t* out = gin + n * HW * g.C + c0;
-      acc_t* acc = kDirect ? reinterpret_cast<acc_t*>(out) : scratch.data();
-      const int64_t ld = kDirect ? g.C : cb;  // distance between pixels in acc
-      for (int64_t i = 0; i < HW; ++i) std::fill(acc + i * ld, acc + i * ld + cb, acc_t(0));
-      const stored_t* ip = idx + n * OHW * g.C + c0;
-      const scalar_t* gp = gout + n * OHW * g.C + c0;
-      for (int64_t o = 0; o < OHW; ++o, ip += g.C, gp += g.C) {
-        for (int64_t c = 0; c < cb; ++c) {
-          const int64_t i = decode(ip[c], o / g.OW, o % g.OW);
-          if (static_cast<uint64_t>(i) < static_cast<uint64_t>(HW)) {
-            acc[i * ld + c] += static_cast<acc_t>(gp[c]);
-          } else if (i != -1) {
-            bad.store(true, std::memory_order_relaxed);
-          }
-        }
-      }
-      if (!kDirect) {
-        for (int64_t i = 0; i < HW; ++i) std::copy(acc + i * ld, acc + i * ld + cb, out + i * g.C);
-      }
-    }
-  });
-}
-
 void launch_backward(const at::Tensor& gout, const at::Tensor& idx, const at::Tensor& gin, const Pool2dGeom& g,
                      bool channels_last) {
-  std::atomic<bool> bad{false};  // an index outside the plane: never written, reported once
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gout.scalar_type(), "max_pool2d_backward", [&] {
     const scalar_t* gp = gout.const_data_ptr<scalar_t>();
     scalar_t* out = gin.mutable_data_ptr<scalar_t>();
     if (idx.scalar_type() == at::kByte) {
-      const uint8_t* tp = idx.const_data_ptr<uint8_t>();
-      channels_last ? backward_nhwc(gp, tp, out, g, bad) : backward_nchw(gp, tp, out, g, bad);
+      argmax_backward(gp, idx.const_data_ptr<uint8_t>(), out, g, channels_last, "max_pool2d_backward", true);
     } else {
-      const int64_t* ip = idx.const_data_ptr<int64_t>();
-      channels_last ? backward_nhwc(gp, ip, out, g, bad) : backward_nchw(gp, ip, out, g, bad);
+      argmax_backward(gp, idx.const_data_ptr<int64_t>(), out, g, channels_last, "max_pool2d_backward", true);
     }
   });
-  TORCH_CHECK(!bad.load(), "max_pool2d_backward: found an invalid max index (outside the ", g.H, "x", g.W,
-              " input plane and not -1) or tap (not below ", g.kh * g.kw, " and not 255)");
 }
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d_with_taps_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
