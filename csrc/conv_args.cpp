@@ -1,5 +1,6 @@
 #include "conv_args.h"
 
+#include "cpu/gemm.h"
 #include "output_alloc.h"
 
 #include <ATen/Parallel.h>
@@ -59,6 +60,21 @@ void check_grad_output(const at::Tensor& grad_output, const Conv2dGeom& g) {
 // the columns are then a view of the input.
 bool columns_are_input(const Conv2dGeom& g) {
   return g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0 && g.OH == g.H && g.OW == g.W;
+}
+
+// out = a @ b (+ out when accumulate). float32 on a CPU with AVX-512 runs the
+// project's GEMM (cpu/gemm.h), everything else at::mm.
+void matmul_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
+  if (out.is_cpu() && out.scalar_type() == at::kFloat && out.stride(1) == 1 && gemm_f32_enabled()) {
+    gemm_f32(a.size(0), b.size(1), a.size(1), a.const_data_ptr<float>(), a.stride(0), a.stride(1),
+             b.const_data_ptr<float>(), b.stride(0), b.stride(1), out.mutable_data_ptr<float>(), out.stride(0),
+             accumulate);
+  } else if (accumulate) {
+    out.addmm_(a, b);
+  } else {
+    at::Tensor o = out;
+    at::mm_out(o, a, b);
+  }
 }
 
 // The weight as the (OC, K/groups) matrix matching the column layout.
@@ -201,10 +217,9 @@ at::Tensor run_conv2d(const at::Tensor& input, const at::Tensor& weight, const s
       const at::Tensor a = cl ? cols.narrow(1, grp * kg, kg) : w;
       const at::Tensor b = cl ? w.t() : cols.narrow(0, grp * kg, kg);
       if (bias.defined()) {
-        at::addmm_out(o, bias_mat.narrow(cl ? 1 : 0, grp * ocg, ocg), a, b);
-      } else {
-        at::mm_out(o, a, b);
+        o.copy_(bias_mat.narrow(cl ? 1 : 0, grp * ocg, ocg));
       }
+      matmul_out(o, a, b, /*accumulate=*/bias.defined());
     }
   });
   return out;
@@ -242,9 +257,9 @@ at::Tensor run_conv2d_backward_input(const at::Tensor& grad_output, const at::Te
       const at::Tensor w = wm.narrow(0, grp * ocg, ocg);
       at::Tensor c = cl ? cols.narrow(1, grp * kg, kg) : cols.narrow(0, grp * kg, kg);
       if (cl) {
-        at::mm_out(c, gout2d.narrow(0, n * g.ohw(), g.ohw()).narrow(1, grp * ocg, ocg), w);
+        matmul_out(c, gout2d.narrow(0, n * g.ohw(), g.ohw()).narrow(1, grp * ocg, ocg), w, false);
       } else {
-        at::mm_out(c, w.t(), gout2d.narrow(0, n * g.OC + grp * ocg, ocg));
+        matmul_out(c, w.t(), gout2d.narrow(0, n * g.OC + grp * ocg, ocg), false);
       }
     }
     if (scratch.defined()) k.col2im(cols, grad_input, n, g, cl);
@@ -281,9 +296,10 @@ at::Tensor run_conv2d_backward_weight(const at::Tensor& grad_output, const at::T
     for (int64_t grp = 0; grp < g.groups; ++grp) {
       at::Tensor w = gw.narrow(0, grp * ocg, ocg);
       if (cl) {
-        w.addmm_(gout2d.narrow(0, n * g.ohw(), g.ohw()).narrow(1, grp * ocg, ocg).t(), cols.narrow(1, grp * kg, kg));
+        matmul_out(w, gout2d.narrow(0, n * g.ohw(), g.ohw()).narrow(1, grp * ocg, ocg).t(),
+                   cols.narrow(1, grp * kg, kg), true);
       } else {
-        w.addmm_(gout2d.narrow(0, n * g.OC + grp * ocg, ocg), cols.narrow(0, grp * kg, kg).t());
+        matmul_out(w, gout2d.narrow(0, n * g.OC + grp * ocg, ocg), cols.narrow(0, grp * kg, kg).t(), true);
       }
     }
   });

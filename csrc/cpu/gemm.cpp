@@ -1,0 +1,162 @@
+// Goto-style blocking: B is packed in KC x NC panels of NR-wide strips, A in
+// MC x KC blocks of MR-tall strips (zero-padded), and a 14 x 32 register tile
+// of 28 zmm accumulators runs over each strip pair. Threads split the MC
+// blocks of a panel; each element of C is summed by one thread.
+#include "gemm.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define POOLOPS_GEMM_X86 1
+#endif
+
+namespace poolops {
+namespace {
+
+constexpr int64_t MR = 14, NR = 32, KC = 256, MC = MR * 12, NC = 1024;
+
+void pack_a(int64_t mc, int64_t kc, const float* A, int64_t rsa, int64_t csa, float* dst) {
+  for (int64_t i0 = 0; i0 < mc; i0 += MR, dst += MR * kc) {
+    const int64_t mr = std::min(MR, mc - i0);
+    if (csa == 1) {  // rows contiguous: read each row once, scatter into the strip (in L1)
+      for (int64_t i = 0; i < MR; ++i) {
+        if (i >= mr) {
+          for (int64_t k = 0; k < kc; ++k) dst[k * MR + i] = 0.f;
+          continue;
+        }
+        const float* row = A + (i0 + i) * rsa;
+        for (int64_t k = 0; k < kc; ++k) dst[k * MR + i] = row[k];
+      }
+      continue;
+    }
+    for (int64_t k = 0; k < kc; ++k) {
+      for (int64_t i = 0; i < mr; ++i) dst[k * MR + i] = A[(i0 + i) * rsa + k * csa];
+      for (int64_t i = mr; i < MR; ++i) dst[k * MR + i] = 0.f;
+    }
+  }
+}
+
+void pack_b(int64_t kc, int64_t nc, const float* B, int64_t rsb, int64_t csb, float* dst) {
+  for (int64_t j0 = 0; j0 < nc; j0 += NR, dst += NR * kc) {
+    const int64_t nr = std::min(NR, nc - j0);
+    if (rsb == 1 && csb != 1) {  // columns contiguous (a transposed matrix): read each column once
+      for (int64_t j = 0; j < NR; ++j) {
+        if (j >= nr) {
+          for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = 0.f;
+          continue;
+        }
+        const float* col = B + (j0 + j) * csb;
+        for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = col[k];
+      }
+      continue;
+    }
+    for (int64_t k = 0; k < kc; ++k) {
+      const float* src = B + k * rsb + j0 * csb;
+      if (csb == 1 && nr == NR) {
+        std::memcpy(dst + k * NR, src, NR * sizeof(float));
+      } else {
+        for (int64_t j = 0; j < nr; ++j) dst[k * NR + j] = src[j * csb];
+        for (int64_t j = nr; j < NR; ++j) dst[k * NR + j] = 0.f;
+      }
+    }
+  }
+}
+
+#ifdef POOLOPS_GEMM_X86
+// c (MR x NR, row stride ldc) = a-strip * b-strip (+ c when acc).
+__attribute__((target("avx512f"))) void micro_kernel(int64_t kc, const float* a, const float* b, float* c,
+                                                     int64_t ldc, bool acc) {
+  __m512 c0[MR], c1[MR];
+  for (int64_t i = 0; i < MR; ++i) c0[i] = c1[i] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kc; ++k, a += MR, b += NR) {
+    const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+    for (int64_t i = 0; i < MR; ++i) {
+      const __m512 ai = _mm512_set1_ps(a[i]);
+      c0[i] = _mm512_fmadd_ps(ai, b0, c0[i]);
+      c1[i] = _mm512_fmadd_ps(ai, b1, c1[i]);
+    }
+  }
+  for (int64_t i = 0; i < MR; ++i, c += ldc) {
+    if (acc) {
+      c0[i] = _mm512_add_ps(_mm512_loadu_ps(c), c0[i]);
+      c1[i] = _mm512_add_ps(_mm512_loadu_ps(c + 16), c1[i]);
+    }
+    _mm512_storeu_ps(c, c0[i]);
+    _mm512_storeu_ps(c + 16, c1[i]);
+  }
+}
+#else
+void micro_kernel(int64_t, const float*, const float*, float*, int64_t, bool) {}
+#endif
+
+// One MC block of C against a packed B panel.
+void block(int64_t mc, int64_t nc, int64_t kc, const float* pa, const float* pb, float* C, int64_t ldc, bool acc) {
+  float tile[MR * NR];
+  for (int64_t jr = 0; jr < nc; jr += NR) {
+    const int64_t nr = std::min(NR, nc - jr);
+    for (int64_t ir = 0; ir < mc; ir += MR) {
+      const int64_t mr = std::min(MR, mc - ir);
+      float* c = C + ir * ldc + jr;
+      if (mr == MR && nr == NR) {
+        micro_kernel(kc, pa + ir * kc, pb + jr * kc, c, ldc, acc);
+        continue;
+      }
+      for (int64_t i = 0; i < mr; ++i) {
+        for (int64_t j = 0; j < nr; ++j) tile[i * NR + j] = acc ? c[i * ldc + j] : 0.f;
+      }
+      micro_kernel(kc, pa + ir * kc, pb + jr * kc, tile, NR, true);
+      for (int64_t i = 0; i < mr; ++i) std::copy(tile + i * NR, tile + i * NR + nr, c + i * ldc);
+    }
+  }
+}
+
+}  // namespace
+
+bool gemm_f32_enabled() {
+#ifdef POOLOPS_GEMM_X86
+  static const bool enabled = [] {
+    const char* v = std::getenv("POOLOPS_GEMM");
+    return __builtin_cpu_supports("avx512f") && !(v != nullptr && std::strcmp(v, "0") == 0);
+  }();
+  return enabled;
+#else
+  return false;
+#endif
+}
+
+void gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t rsa, int64_t csa, const float* B, int64_t rsb,
+              int64_t csb, float* C, int64_t ldc, bool accumulate) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    if (!accumulate) {
+      for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, 0.f);
+    }
+    return;
+  }
+  std::vector<float> pb(KC * ((std::min(NC, N) + NR - 1) / NR * NR));
+  const int64_t blocks = (M + MC - 1) / MC;
+  for (int64_t jc = 0; jc < N; jc += NC) {
+    const int64_t nc = std::min(NC, N - jc);
+    for (int64_t pc = 0; pc < K; pc += KC) {
+      const int64_t kc = std::min(KC, K - pc);
+      const bool acc = accumulate || pc > 0;
+      pack_b(kc, nc, B + pc * rsb + jc * csb, rsb, csb, pb.data());
+      at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+        std::vector<float> pa(MC * kc);
+        for (int64_t ib = begin; ib < end; ++ib) {
+          const int64_t ic = ib * MC, mc = std::min(MC, M - ic);
+          pack_a(mc, kc, A + ic * rsa + pc * csa, rsa, csa, pa.data());
+          block(mc, nc, kc, pa.data(), pb.data(), C + ic * ldc + jc, ldc, acc);
+        }
+      });
+    }
+  }
+}
+
+}  // namespace poolops
