@@ -1,4 +1,7 @@
 import itertools
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -226,6 +229,25 @@ def test_backward_vs_torch(layout, dtype):
         for a, e in zip(got, want):
             torch.testing.assert_close(a, e, **TOL[dtype], msg=str((C, OC, groups, k, s, p, d)))
         assert got[0].is_contiguous(memory_format=layout)
+
+
+def test_dense_path_without_the_avx512_gemm():
+    """POOLOPS_GEMM=0 (as on a CPU without AVX-512): the dense path runs at::mm, with the same results."""
+    code = (
+        "import torch, torch.nn.functional as F, poolops.functional as P\n"
+        "torch.manual_seed(0)\n"
+        "for fmt in (torch.contiguous_format, torch.channels_last):\n"
+        "    x = torch.randn(2, 20, 9, 11).contiguous(memory_format=fmt).requires_grad_()\n"
+        "    w = torch.randn(30, 10, 3, 3).requires_grad_(); b = torch.randn(30).requires_grad_()\n"
+        "    y, yt = P.conv2d(x, w, b, 2, 1, 1, 2), F.conv2d(x, w, b, 2, 1, 1, 2)\n"
+        "    torch.testing.assert_close(y, yt, atol=1e-4, rtol=1e-4)\n"
+        "    g = torch.randn_like(y)\n"
+        "    for a, e in zip(torch.autograd.grad(y, (x, w, b), g), torch.autograd.grad(yt, (x, w, b), g)):\n"
+        "        torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)\n"
+        "print('ok')\n")
+    env = dict(os.environ, POOLOPS_GEMM="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
 
 
 def test_backward_identities_and_uncovered_rows():

@@ -8,6 +8,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/gemm.h"
 #include "pool_math.h"
 
 namespace {
@@ -70,9 +71,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> device_math(const at::Tensor& x, 
   return {out, idx, gin};
 }
 
+// gemm_f32 against a float64 reference: tile, K-block, M-block and N-block
+// edges, transposed operands and accumulation into C.
+void check_gemm() {
+  if (!poolops::gemm_f32_enabled()) {
+    std::printf("skip gemm_f32 (no AVX-512 or POOLOPS_GEMM=0)\n");
+    return;
+  }
+  struct Shape {
+    int64_t M, N, K;
+  };
+  for (const Shape sh : {Shape{1, 1, 1}, Shape{14, 32, 256}, Shape{15, 33, 257}, Shape{200, 70, 600},
+                         Shape{30, 1100, 40}, Shape{7, 5, 0}}) {
+    for (int variant = 0; variant < 4; ++variant) {
+      const bool ta = variant & 1, tb = variant & 2;
+      const at::Tensor a = ta ? at::randn({sh.K, sh.M}).t() : at::randn({sh.M, sh.K});
+      const at::Tensor b = tb ? at::randn({sh.N, sh.K}).t() : at::randn({sh.K, sh.N});
+      const at::Tensor c0 = at::randn({sh.M, sh.N});
+      for (const bool acc : {false, true}) {
+        at::Tensor c = c0.clone();
+        poolops::gemm_f32(sh.M, sh.N, sh.K, a.data_ptr<float>(), a.stride(0), a.stride(1), b.data_ptr<float>(),
+                          b.stride(0), b.stride(1), c.data_ptr<float>(), c.stride(0), acc);
+        at::Tensor ref = at::mm(a.to(at::kDouble), b.to(at::kDouble));
+        if (acc) ref += c0.to(at::kDouble);
+        const double err = (c.to(at::kDouble) - ref).abs().max().item<double>();
+        char what[128];
+        std::snprintf(what, sizeof(what), "gemm_f32 %ldx%ldx%ld%s%s%s (max err %.1e)", long(sh.M), long(sh.N),
+                      long(sh.K), ta ? " A^T" : "", tb ? " B^T" : "", acc ? " +C" : "", err);
+        expect(err < 1e-3, what);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
+  check_gemm();
   at::manual_seed(0);
   struct Cfg {
     int64_t k, s, p, d;
