@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cstdint>
 #include <limits>
 
@@ -132,7 +133,11 @@ at::Tensor global_pool2d_backward_cpu(const at::Tensor& grad_output, const at::T
         at::parallel_for(0, g.N * g.C, std::max<int64_t>(1, 32768 / HW), [&](int64_t begin, int64_t end) {
           for (int64_t p = begin; p < end; ++p) {
             scalar_t* plane = dst + p * HW;
-            std::fill(plane, plane + HW, kMax ? scalar_t(0) : value(p));
+            if (kMax) {
+              std::memset(plane, 0, HW * sizeof(scalar_t));  // std::fill of a half/bfloat16 zero is a scalar loop
+            } else {
+              std::fill(plane, plane + HW, value(p));
+            }
             if (kMax && ip[p] >= 0 && ip[p] < HW) plane[ip[p]] = gp[p];
           }
         });
@@ -144,7 +149,7 @@ at::Tensor global_pool2d_backward_cpu(const at::Tensor& grad_output, const at::T
         for (int64_t n = begin; n < end; ++n) {
           scalar_t* image = dst + n * HW * g.C;
           if (kMax) {
-            std::fill(image, image + HW * g.C, scalar_t(0));
+            std::memset(image, 0, HW * g.C * sizeof(scalar_t));
             for (int64_t c = 0; c < g.C; ++c) {
               const int64_t i = ip[n * g.C + c];
               if (i >= 0 && i < HW) image[i * g.C + c] = gp[n * g.C + c];
