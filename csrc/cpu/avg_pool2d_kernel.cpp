@@ -17,8 +17,8 @@ namespace {
 
 // One tap added to n consecutive outputs whose inputs lie `step` apart
 // (kStep > 0 fixes the step so that the loop vectorises well).
-template <int kStep, typename scalar_t, typename acc_t>
-inline void sum_tap(const scalar_t* src, int64_t step, int64_t n, acc_t* acc) {
+template <int kStep, typename T, typename acc_t>
+inline void sum_tap(const T* src, int64_t step, int64_t n, acc_t* acc) {
   const int64_t st = kStep > 0 ? kStep : step;
   for (int64_t j = 0; j < n; ++j) acc[j] += static_cast<acc_t>(src[j * st]);
 }
@@ -33,8 +33,10 @@ void forward_nchw(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
   std::vector<AvgWindow> cols(g.OW);
   for (int64_t ow = 0; ow < g.OW; ++ow) cols[ow] = avg_col_window(ow, g, opt);
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.OW * g.kh * g.kw));
+  const bool phased = !std::is_same_v<scalar_t, acc_t>;  // as in max_pool2d
   at::parallel_for(0, g.N * g.C * g.OH, grain, [&](int64_t begin, int64_t end) {
     acc_t acc[kLanes];
+    PhaseRow<acc_t> row(g.sw, (kLanes - 1) * g.sw + (g.kw - 1) * g.dw + 1);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t oh = r % g.OH;
       const scalar_t* plane = x + (r / g.OH) * g.H * g.W;
@@ -54,9 +56,12 @@ void forward_nchw(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
         const int64_t w0 = c0 * g.sw - g.pw;
         std::fill(acc, acc + n, acc_t(0));
         for (int64_t h = wh.taps.begin; h < wh.taps.end; h += g.dh) {
+          if (phased) row.fill(plane + h * g.W + w0, (n - 1) * g.sw + (g.kw - 1) * g.dw + 1);
           for (int64_t t = 0; t < g.kw; ++t) {
             const scalar_t* src = plane + h * g.W + w0 + t * g.dw;
-            if (g.sw == 1) {
+            if (phased) {
+              sum_tap<1>(row.at(t * g.dw), 1, n, acc);
+            } else if (g.sw == 1) {
               sum_tap<1>(src, 1, n, acc);
             } else if (g.sw == 2) {
               sum_tap<2>(src, 2, n, acc);

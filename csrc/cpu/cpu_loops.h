@@ -44,6 +44,38 @@ inline Range inner_columns(const Pool2dGeom& g) {
   return {lo, std::max(lo, std::min(g.OW, last_start < 0 ? 0 : last_start / g.sw + 1))};
 }
 
+// Input columns w0, w0 + 1, ... of one row split by phase modulo `step`
+// (column w0 + q * step + p at phase p, slot q) and widened to acc_t, so that
+// each tap of a run of outputs `step` apart reads a unit-stride slice: the
+// NCHW sweeps then vectorise for any stride and dtype. Values are unchanged.
+template <typename acc_t>
+class PhaseRow {
+ public:
+  PhaseRow(int64_t step, int64_t max_cols) : step_(step), ld_(max_cols / step + 1), buf_(step * ld_) {}
+
+  template <typename scalar_t>
+  void fill(const scalar_t* src, int64_t cols) {
+    for (int64_t p = 0; p < std::min(step_, cols); ++p) {
+      const int64_t n = (cols - p + step_ - 1) / step_;
+      acc_t* dst = buf_.data() + p * ld_;
+      if (step_ == 1) {
+        for (int64_t q = 0; q < n; ++q) dst[q] = static_cast<acc_t>(src[q]);
+      } else if (step_ == 2) {
+        for (int64_t q = 0; q < n; ++q) dst[q] = static_cast<acc_t>(src[2 * q + p]);
+      } else {
+        for (int64_t q = 0; q < n; ++q) dst[q] = static_cast<acc_t>(src[q * step_ + p]);
+      }
+    }
+  }
+
+  // The slice of tap offset o: columns w0 + o, w0 + o + step, ...
+  const acc_t* at(int64_t o) const { return buf_.data() + (o % step_) * ld_ + o / step_; }
+
+ private:
+  int64_t step_, ld_;
+  std::vector<acc_t> buf_;
+};
+
 // For every input position, the outputs whose window covers it. Windows are
 // monotone in the output index, so each is a contiguous range.
 inline std::vector<Range> covering_ranges(const std::vector<Range>& windows, int64_t in) {

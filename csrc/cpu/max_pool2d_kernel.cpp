@@ -54,9 +54,13 @@ void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
   const Range inner = inner_columns(g);
   const int64_t ow_lo = inner.begin, ow_hi = inner.end;
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.OW * g.kh * g.kw));
+  // Half and bfloat16 rows are first widened and split into phases
+  // (PhaseRow: 1.3-2.3x); float rows are read in place (measured faster).
+  const bool phased = !std::is_same_v<scalar_t, acc_t>;
   at::parallel_for(0, g.N * g.C * g.OH, grain, [&](int64_t begin, int64_t end) {
     acc_t best[kLanes];
     index_t arg[kLanes];
+    PhaseRow<acc_t> row(g.sw, (kLanes - 1) * g.sw + (g.kw - 1) * g.dw + 1);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t oh = r % g.OH;
       const scalar_t* plane = x + (r / g.OH) * g.H * g.W;
@@ -86,10 +90,16 @@ void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
           if (kIdx) arg[j] = kTaps ? th0 * g.kw : rh.begin * g.W + w0 + j * g.sw;
         }
         for (int64_t h = rh.begin, th = th0; h < rh.end; h += g.dh, ++th) {
+          if (phased) row.fill(plane + h * g.W + w0, (n - 1) * g.sw + (g.kw - 1) * g.dw + 1);
           for (int64_t t = 0; t < g.kw; ++t) {
             const int64_t pos = h * g.W + w0 + t * g.dw;
-            max_tap_any_step<kIdx>(plane + pos, g.sw, n, best, arg, static_cast<index_t>(kTaps ? th * g.kw + t : pos),
-                                   static_cast<index_t>(kTaps ? 0 : g.sw));
+            const auto tap = static_cast<index_t>(kTaps ? th * g.kw + t : pos);
+            const auto tap_step = static_cast<index_t>(kTaps ? 0 : g.sw);
+            if (phased) {
+              max_tap<1, kIdx>(row.at(t * g.dw), 1, n, best, arg, tap, tap_step);
+            } else {
+              max_tap_any_step<kIdx>(plane + pos, g.sw, n, best, arg, tap, tap_step);
+            }
           }
         }
         for (int64_t j = 0; j < n; ++j) {
