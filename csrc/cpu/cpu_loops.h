@@ -285,7 +285,11 @@ void backward_nhwc(const scalar_t* gout, const stored_t* idx, scalar_t* gin, con
       scalar_t* out = gin + n * HW * g.C + c0;
       acc_t* acc = kDirect ? reinterpret_cast<acc_t*>(out) : scratch.data();
       const int64_t ld = kDirect ? g.C : cb;  // distance between pixels in acc
-      for (int64_t i = 0; i < HW; ++i) std::fill(acc + i * ld, acc + i * ld + cb, acc_t(0));
+      if (ld == cb) {
+        std::fill(acc, acc + HW * cb, acc_t(0));
+      } else {
+        for (int64_t i = 0; i < HW; ++i) std::fill(acc + i * ld, acc + i * ld + cb, acc_t(0));
+      }
       const stored_t* ip = idx + n * OHW * g.C + c0;
       const scalar_t* gp = gout + n * OHW * g.C + c0;
       for (int64_t oh = 0; oh < g.OH; ++oh) {

@@ -21,50 +21,40 @@ namespace {
 
 constexpr int64_t MR = 14, NR = 32, KC = 256, MC = MR * 12, NC = 1024;
 
-void pack_a(int64_t mc, int64_t kc, const float* A, int64_t rsa, int64_t csa, float* dst) {
-  for (int64_t i0 = 0; i0 < mc; i0 += MR, dst += MR * kc) {
-    const int64_t mr = std::min(MR, mc - i0);
-    if (csa == 1) {  // rows contiguous: read each row once, scatter into the strip (in L1)
-      for (int64_t i = 0; i < MR; ++i) {
-        if (i >= mr) {
-          for (int64_t k = 0; k < kc; ++k) dst[k * MR + i] = 0.f;
-          continue;
-        }
-        const float* row = A + (i0 + i) * rsa;
-        for (int64_t k = 0; k < kc; ++k) dst[k * MR + i] = row[k];
+// One strip of a panel: dst[k * width + i] = src[i * is + k * ks] for i < n
+// (zeros for n <= i < width) and k < kc. A strips are MR rows of A, B strips
+// NR columns of B.
+void pack_strip(const float* src, int64_t n, int64_t width, int64_t kc, int64_t is, int64_t ks, float* dst) {
+  if (ks == 1) {  // each line contiguous along k: read it once
+    for (int64_t i = 0; i < width; ++i) {
+      if (i >= n) {
+        for (int64_t k = 0; k < kc; ++k) dst[k * width + i] = 0.f;
+        continue;
       }
+      const float* line = src + i * is;
+      for (int64_t k = 0; k < kc; ++k) dst[k * width + i] = line[k];
+    }
+    return;
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    if (is == 1 && n == width) {
+      std::memcpy(dst + k * width, src + k * ks, width * sizeof(float));
       continue;
     }
-    for (int64_t k = 0; k < kc; ++k) {
-      for (int64_t i = 0; i < mr; ++i) dst[k * MR + i] = A[(i0 + i) * rsa + k * csa];
-      for (int64_t i = mr; i < MR; ++i) dst[k * MR + i] = 0.f;
-    }
+    for (int64_t i = 0; i < n; ++i) dst[k * width + i] = src[i * is + k * ks];
+    for (int64_t i = n; i < width; ++i) dst[k * width + i] = 0.f;
+  }
+}
+
+void pack_a(int64_t mc, int64_t kc, const float* A, int64_t rsa, int64_t csa, float* dst) {
+  for (int64_t i0 = 0; i0 < mc; i0 += MR, dst += MR * kc) {
+    pack_strip(A + i0 * rsa, std::min(MR, mc - i0), MR, kc, rsa, csa, dst);
   }
 }
 
 void pack_b(int64_t kc, int64_t nc, const float* B, int64_t rsb, int64_t csb, float* dst) {
   for (int64_t j0 = 0; j0 < nc; j0 += NR, dst += NR * kc) {
-    const int64_t nr = std::min(NR, nc - j0);
-    if (rsb == 1 && csb != 1) {  // columns contiguous (a transposed matrix): read each column once
-      for (int64_t j = 0; j < NR; ++j) {
-        if (j >= nr) {
-          for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = 0.f;
-          continue;
-        }
-        const float* col = B + (j0 + j) * csb;
-        for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = col[k];
-      }
-      continue;
-    }
-    for (int64_t k = 0; k < kc; ++k) {
-      const float* src = B + k * rsb + j0 * csb;
-      if (csb == 1 && nr == NR) {
-        std::memcpy(dst + k * NR, src, NR * sizeof(float));
-      } else {
-        for (int64_t j = 0; j < nr; ++j) dst[k * NR + j] = src[j * csb];
-        for (int64_t j = nr; j < NR; ++j) dst[k * NR + j] = 0.f;
-      }
-    }
+    pack_strip(B + j0 * csb, std::min(NR, nc - j0), NR, kc, csb, rsb, dst);
   }
 }
 

@@ -129,15 +129,14 @@ at::Tensor global_pool2d_backward_cpu(const at::Tensor& grad_output, const at::T
         return kMax ? gp[p] : static_cast<scalar_t>(static_cast<acc_t>(gp[p]) / static_cast<acc_t>(HW));
       };
       if (!cl) {
-        // One task per plane: a fill, and for max one write at the argmax.
+        // Planes split over tasks: avg fills each plane; max zeroes the task's
+        // planes at once (std::fill of a half/bfloat16 zero is a scalar loop)
+        // and writes one gradient per plane at its argmax.
         at::parallel_for(0, g.N * g.C, std::max<int64_t>(1, 32768 / HW), [&](int64_t begin, int64_t end) {
+          if (kMax) std::memset(dst + begin * HW, 0, (end - begin) * HW * sizeof(scalar_t));
           for (int64_t p = begin; p < end; ++p) {
             scalar_t* plane = dst + p * HW;
-            if (kMax) {
-              std::memset(plane, 0, HW * sizeof(scalar_t));  // std::fill of a half/bfloat16 zero is a scalar loop
-            } else {
-              std::fill(plane, plane + HW, value(p));
-            }
+            if (!kMax) std::fill(plane, plane + HW, value(p));
             if (kMax && ip[p] >= 0 && ip[p] < HW) plane[ip[p]] = gp[p];
           }
         });
