@@ -26,6 +26,22 @@ inline int64_t grain_for(int64_t work_per_item) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_item));
 }
 
+// conv_reader for every input row (column) and tap row (column), computed
+// once per call rather than per pixel: -1 where the tap reads no output.
+class ReaderTables {
+ public:
+  explicit ReaderTables(const Conv2dGeom& g) : kh_(g.kh), kw_(g.kw), rows_(g.H * g.kh), cols_(g.W * g.kw) {
+    for (int64_t e = 0; e < g.H * g.kh; ++e) rows_[e] = conv_reader(e / g.kh, e % g.kh, g.OH, g.sh, g.ph, g.dh);
+    for (int64_t e = 0; e < g.W * g.kw; ++e) cols_[e] = conv_reader(e / g.kw, e % g.kw, g.OW, g.sw, g.pw, g.dw);
+  }
+  int64_t row(int64_t h, int64_t i) const { return rows_[h * kh_ + i]; }
+  int64_t col(int64_t w, int64_t j) const { return cols_[w * kw_ + j]; }
+
+ private:
+  int64_t kh_, kw_;
+  std::vector<int64_t> rows_, cols_;
+};
+
 // dst[t] = src[t * step], with the step fixed at compile time when kStep > 0.
 template <int kStep, typename T>
 inline void copy_strided(const T* src, int64_t step, T* dst, int64_t n) {
@@ -142,6 +158,7 @@ void col2im_nhwc(const T* cols, T* gin, const Conv2dGeom& g) {
   using acc_t = at::opmath_type<T>;
   const int64_t K = g.C * g.kh * g.kw;
   const int64_t cg = g.cg();
+  const ReaderTables rt(g);
   at::parallel_for(0, g.H * g.W, grain_for(g.C * 4), [&](int64_t begin, int64_t end) {
     acc_t acc[kLanes];
     for (int64_t p = begin; p < end; ++p) {
@@ -151,10 +168,10 @@ void col2im_nhwc(const T* cols, T* gin, const Conv2dGeom& g) {
           const int64_t cn = std::min(kLanes, cg - c0);
           std::fill(acc, acc + cn, acc_t(0));
           for (int64_t i = 0; i < g.kh; ++i) {
-            const int64_t oh = conv_reader(h, i, g.OH, g.sh, g.ph, g.dh);
+            const int64_t oh = rt.row(h, i);
             if (oh < 0) continue;
             for (int64_t j = 0; j < g.kw; ++j) {
-              const int64_t ow = conv_reader(w, j, g.OW, g.sw, g.pw, g.dw);
+              const int64_t ow = rt.col(w, j);
               if (ow < 0) continue;
               const T* src = cols + (oh * g.OW + ow) * K + ((grp * g.kh + i) * g.kw + j) * cg + c0;
               for (int64_t c = 0; c < cn; ++c) acc[c] += static_cast<acc_t>(src[c]);
@@ -198,10 +215,6 @@ struct PhaseBuffer {
     const int64_t q = j * g.dw;
     return (r * g.sw + q % g.sw) * slots + q / g.sw;
   }
-  int64_t at(const Conv2dGeom& g, int64_t h, int64_t w) const {  // unpadded input position
-    const int64_t q = w + g.pw;
-    return ((h + g.ph) * g.sw + q % g.sw) * slots + q / g.sw;
-  }
 };
 
 template <typename T, typename acc_t>
@@ -235,6 +248,30 @@ void fill_phase_buffer(const T* plane, acc_t* buf, const PhaseBuffer& pb, const 
         for (int64_t t = 0; t < n; ++t) dst[t] = static_cast<acc_t>(src[t]);
       } else {
         for (int64_t t = 0; t < n; ++t) dst[t] = static_cast<acc_t>(src[w0 + g.sw * t]);
+      }
+    }
+  }
+}
+
+// The inverse of fill_phase_buffer for the unpadded part: plane[h, w] from
+// its phase slot, one unit-stride run per phase (no division per element).
+template <typename T, typename acc_t>
+void unsplit_phase_buffer(const acc_t* buf, T* plane, const PhaseBuffer& pb, const Conv2dGeom& g) {
+  const int64_t row_len = g.sw * pb.slots;
+  for (int64_t h = 0; h < g.H; ++h) {
+    const acc_t* row = buf + (h + g.ph) * row_len;
+    T* dst = plane + h * g.W;
+    for (int64_t phase = 0; phase < g.sw; ++phase) {
+      const int64_t w0 = ((phase - g.pw) % g.sw + g.sw) % g.sw;  // first w with (w + pw) % sw == phase
+      if (w0 >= g.W) continue;
+      const acc_t* src = row + phase * pb.slots + (w0 + g.pw) / g.sw;
+      const int64_t n = (g.W - w0 + g.sw - 1) / g.sw;
+      if (g.sw == 1) {
+        for (int64_t t = 0; t < n; ++t) dst[t] = static_cast<T>(src[t]);
+      } else if (g.sw == 2) {
+        for (int64_t t = 0; t < n; ++t) dst[w0 + 2 * t] = static_cast<T>(src[t]);
+      } else {
+        for (int64_t t = 0; t < n; ++t) dst[w0 + g.sw * t] = static_cast<T>(src[t]);
       }
     }
   }
@@ -305,10 +342,7 @@ void depthwise_backward_input_nchw(const T* gout, const T* wt, T* gin, const Con
           }
         }
       }
-      T* plane = gin + t * g.H * g.W;
-      for (int64_t h = 0; h < g.H; ++h) {
-        for (int64_t w = 0; w < g.W; ++w) plane[h * g.W + w] = static_cast<T>(buf[pb.at(g, h, w)]);
-      }
+      unsplit_phase_buffer(buf.data(), gin + t * g.H * g.W, pb, g);
     }
   });
 }
@@ -436,6 +470,7 @@ template <typename T>
 void depthwise_backward_input_nhwc(const T* gout, const T* wtc, T* gin, const Conv2dGeom& g) {
   using acc_t = at::opmath_type<T>;
   const int64_t C = g.C;
+  const ReaderTables rt(g);
   at::parallel_for(0, g.N * g.H, grain_for(g.W * C * g.taps()), [&](int64_t begin, int64_t end) {
     acc_t acc[kLanes];
     for (int64_t row = begin; row < end; ++row) {
@@ -447,10 +482,10 @@ void depthwise_backward_input_nhwc(const T* gout, const T* wtc, T* gin, const Co
           const int64_t cn = std::min(kLanes, C - c0);
           std::fill(acc, acc + cn, acc_t(0));
           for (int64_t i = 0; i < g.kh; ++i) {
-            const int64_t oh = conv_reader(h, i, g.OH, g.sh, g.ph, g.dh);
+            const int64_t oh = rt.row(h, i);
             if (oh < 0) continue;
             for (int64_t j = 0; j < g.kw; ++j) {
-              const int64_t ow = conv_reader(w, j, g.OW, g.sw, g.pw, g.dw);
+              const int64_t ow = rt.col(w, j);
               if (ow < 0) continue;
               const T* src = gn + (oh * g.OW + ow) * C + c0;
               const T* wv = wtc + (i * g.kw + j) * C + c0;
