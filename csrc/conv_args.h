@@ -1,6 +1,6 @@
 // Host side of conv2d shared by the CPU and CUDA backends: ATen's argument
 // checks and messages, the choice of layout and algorithm, and the dense path
-// (im2col columns times the weight through at::mm). Each backend supplies its
+// (im2col columns times the weight through a GEMM). Each backend supplies its
 // column and depthwise kernels in a ConvKernels table.
 #pragma once
 

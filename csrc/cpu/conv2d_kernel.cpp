@@ -1,5 +1,5 @@
 // conv2d on CPU. Dense convolutions run as im2col columns times the weight
-// through at::mm (conv_args.cpp); this file holds the column kernels and a
+// through a GEMM (conv_args.cpp, cpu/gemm.h); this file holds the column kernels and a
 // direct depthwise kernel (NCHW and NHWC) with its two backward passes.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
