@@ -145,6 +145,19 @@ def test_reduced_precision_equals_float_rounded(dtype, layout):
     torch.testing.assert_close(a, F.avg_pool2d(x, 3, 2, 1), rtol=1e-2, atol=1e-2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("k,s,p", [(3, 2, 1), (2, 2, 0), (3, 3, 1), (5, 3, 2), (3, 1, 1)])
+def test_reduced_precision_strides_and_wide_rows(dtype, k, s, p):
+    """NCHW half/bfloat16 rows are split by stride phase (PhaseRow): the float result rounded once, also past the
+    256-output block of a row, and the NHWC kernel agrees."""
+    for x in (torch.randn(2, 3, 11, 13), torch.randn(1, 2, 5, 700)):
+        x = x.to(dtype)
+        a = P.avg_pool2d(x, k, s, p)
+        assert torch.equal(a, P.avg_pool2d(x.float(), k, s, p).to(dtype)), (k, s, p, tuple(x.shape))
+        assert torch.equal(P.avg_pool2d(x.contiguous(memory_format=torch.channels_last), k, s, p), a)
+        torch.testing.assert_close(a, F.avg_pool2d(x, k, s, p), rtol=1e-2, atol=1e-2)
+
+
 @pytest.mark.parametrize("C", [1, 7, 17, 300])
 def test_layouts_and_channel_counts(C):
     x = torch.randn(2, C, 9, 8)

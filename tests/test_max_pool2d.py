@@ -223,6 +223,18 @@ def test_reduced_precision_equals_float_rounded(dtype, layout):
     assert torch.equal(a, f.to(dtype)) and torch.equal(ia, fi)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("k,s,p,d", [(3, 2, 1, 1), (2, 2, 0, 1), (3, 3, 1, 2), (5, 3, 2, 1), (3, 1, 1, 1)])
+def test_reduced_precision_strides_and_wide_rows(dtype, k, s, p, d):
+    """NCHW half/bfloat16 rows are split by stride phase (PhaseRow): values and indices as torch's, also past the
+    256-output block of a row; ties (small integers) keep the first tap."""
+    for x in (torch.randn(2, 3, 11, 13), torch.randn(1, 2, 5, 700), torch.randint(0, 3, (1, 2, 9, 40)).float()):
+        x = x.to(dtype)
+        (a, ia), (b, ib) = both(x, k, s, p, d, return_indices=True)
+        assert torch.equal(a, b) and torch.equal(ia, ib), (k, s, p, d, tuple(x.shape))
+        assert torch.equal(P.max_pool2d(x, k, s, p, d), b)
+
+
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])
 def test_integer_inputs_exact(dtype):
     info = torch.iinfo(dtype)
