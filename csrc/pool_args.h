@@ -120,4 +120,36 @@ Pool2dGeom check_pool2d_backward(const at::Tensor& grad_output, const at::Tensor
   return g;
 }
 
+// max_pool2d's operator entry points for one backend, from its launchers:
+// forward(x, out, indices_or_undefined, geom, channels_last) and
+// backward(grad_out, indices, grad_in, geom, channels_last).
+template <auto kForward, auto kBackward>
+struct MaxPool2dEntries {
+  static std::tuple<at::Tensor, at::Tensor> with_taps(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                                      at::IntArrayRef stride, at::IntArrayRef padding,
+                                                      at::IntArrayRef dilation, bool ceil_mode) {
+    return run_pool2d(input, check_max_pool2d_taps(input, kernel_size, stride, padding, dilation, ceil_mode), true,
+                      kForward, at::kByte);
+  }
+  static std::tuple<at::Tensor, at::Tensor> with_indices(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                                         at::IntArrayRef stride, at::IntArrayRef padding,
+                                                         at::IntArrayRef dilation, bool ceil_mode) {
+    return run_pool2d(input, check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode), true,
+                      kForward);
+  }
+  static at::Tensor values(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                           at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+    const Pool2dGeom g = check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode);
+    return std::get<0>(run_pool2d(input, g, false, kForward));
+  }
+  static at::Tensor backward(const at::Tensor& grad_output, const at::Tensor& indices, at::IntArrayRef input_size,
+                             at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                             at::IntArrayRef dilation, bool ceil_mode) {
+    const Pool2dGeom g = check_pool2d_backward(grad_output, indices, input_size, "max_pool2d", [&](const at::Tensor& probe) {
+      return check_max_pool2d(probe, kernel_size, stride, padding, dilation, ceil_mode);
+    }, /*taps_allowed=*/true);
+    return run_pool2d_backward(grad_output, indices, input_size, g, kBackward);
+  }
+};
+
 }  // namespace poolops

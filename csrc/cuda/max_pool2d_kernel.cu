@@ -82,42 +82,13 @@ void launch_backward(const at::Tensor& gout, const at::Tensor& idx, const at::Te
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> max_pool2d_with_taps_cuda(const at::Tensor& input, at::IntArrayRef kernel_size,
-                                                             at::IntArrayRef stride, at::IntArrayRef padding,
-                                                             at::IntArrayRef dilation, bool ceil_mode) {
-  return run_pool2d(input, check_max_pool2d_taps(input, kernel_size, stride, padding, dilation, ceil_mode), true,
-                    launch_forward, at::kByte);
-}
-
-std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices_cuda(const at::Tensor& input,
-                                                                at::IntArrayRef kernel_size,
-                                                                at::IntArrayRef stride, at::IntArrayRef padding,
-                                                                at::IntArrayRef dilation, bool ceil_mode) {
-  return run_pool2d(input, check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode), true,
-                    launch_forward);
-}
-
-at::Tensor max_pool2d_cuda(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                           at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
-  const Pool2dGeom g = check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode);
-  return std::get<0>(run_pool2d(input, g, false, launch_forward));
-}
-
-at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& indices,
-                                    at::IntArrayRef input_size, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                    at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
-  const Pool2dGeom g = check_pool2d_backward(grad_output, indices, input_size, "max_pool2d", [&](const at::Tensor& probe) {
-    return check_max_pool2d(probe, kernel_size, stride, padding, dilation, ceil_mode);
-  }, /*taps_allowed=*/true);
-  return run_pool2d_backward(grad_output, indices, input_size, g, launch_backward);
-}
-
 }  // namespace
 }  // namespace poolops
 
 TORCH_LIBRARY_IMPL(poolops, CUDA, m) {
-  m.impl("max_pool2d_with_indices", &poolops::max_pool2d_with_indices_cuda);
-  m.impl("max_pool2d", &poolops::max_pool2d_cuda);
-  m.impl("max_pool2d_with_taps", &poolops::max_pool2d_with_taps_cuda);
-  m.impl("_max_pool2d_backward", &poolops::max_pool2d_backward_cuda);
+  using Entries = poolops::MaxPool2dEntries<&poolops::launch_forward, &poolops::launch_backward>;
+  m.impl("max_pool2d_with_indices", &Entries::with_indices);
+  m.impl("max_pool2d", &Entries::values);
+  m.impl("max_pool2d_with_taps", &Entries::with_taps);
+  m.impl("_max_pool2d_backward", &Entries::backward);
 }
