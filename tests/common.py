@@ -21,3 +21,16 @@ def assert_same_layout(actual, expected):
     assert actual.shape == expected.shape
     assert actual.stride() == expected.stride(), (actual.stride(), expected.stride())
     assert actual.dtype == expected.dtype
+
+
+def assert_compiled_matches_eager(net, x):
+    """torch.compile(fullgraph=True, aot_eager) of net: the same output and parameter gradients as eager."""
+    torch._dynamo.reset()
+    compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), net(x))
+    compiled(x).sum().backward()
+    grads = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    net(x).sum().backward()
+    for a, b in zip(grads, [p.grad for p in net.parameters()]):
+        torch.testing.assert_close(a, b)

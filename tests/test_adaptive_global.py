@@ -6,7 +6,7 @@ import poolops
 import poolops.functional as P
 from poolops import _reference as ref
 
-from common import FLOAT_DTYPES, LAYOUTS, assert_same_layout, distinct, needs_cuda
+from common import FLOAT_DTYPES, LAYOUTS, assert_compiled_matches_eager, assert_same_layout, distinct, needs_cuda
 
 ops = torch.ops.poolops
 
@@ -182,18 +182,10 @@ def test_opcheck(op, args):
 
 
 def test_compile_fullgraph():
-    torch._dynamo.reset()
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), poolops.nn.AdaptiveMaxPool2d(5), poolops.nn.AdaptiveAvgPool2d((3, None)),
                               poolops.nn.GlobalMaxPool2d(), poolops.nn.GlobalAvgPool2d(), torch.nn.Flatten())
     x = torch.randn(2, 3, 12, 12)
-    compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
-    torch.testing.assert_close(compiled(x), net(x))
-    compiled(x).sum().backward()
-    grads = [p.grad.clone() for p in net.parameters()]
-    net.zero_grad()
-    net(x).sum().backward()
-    for a, b in zip(grads, [p.grad for p in net.parameters()]):
-        torch.testing.assert_close(a, b)
+    assert_compiled_matches_eager(net, x)
 
 
 def test_module_reprs():

@@ -9,7 +9,7 @@ import poolops.functional as P
 from poolops import _reference as ref
 from poolops._args import avg_pool2d_output_shape
 
-from common import FLOAT_DTYPES, LAYOUTS, assert_same_layout, needs_cuda
+from common import FLOAT_DTYPES, LAYOUTS, assert_compiled_matches_eager, assert_same_layout, needs_cuda
 
 ops = torch.ops.poolops
 pair = lambda v: v if isinstance(v, tuple) else (v, v)  # noqa: E731
@@ -227,17 +227,9 @@ def test_opcheck(op, args):
 
 
 def test_compile_fullgraph():
-    torch._dynamo.reset()
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), poolops.nn.AvgPool2d(3, 2, 1, ceil_mode=True))
     x = torch.randn(2, 3, 12, 12)
-    compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
-    torch.testing.assert_close(compiled(x), net(x))
-    compiled(x).sum().backward()
-    grads = [p.grad.clone() for p in net.parameters()]
-    net.zero_grad()
-    net(x).sum().backward()
-    for a, b in zip(grads, [p.grad for p in net.parameters()]):
-        torch.testing.assert_close(a, b)
+    assert_compiled_matches_eager(net, x)
 
 
 # --- CUDA --------------------------------------------------------------------------------------

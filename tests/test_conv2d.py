@@ -12,7 +12,7 @@ import poolops
 import poolops.functional as P
 from poolops import _reference as ref
 
-from common import needs_cuda
+from common import assert_compiled_matches_eager, needs_cuda
 
 ops = torch.ops.poolops
 
@@ -311,20 +311,12 @@ def test_opcheck(op, args):
 
 
 def test_compile_fullgraph():
-    torch._dynamo.reset()
     torch.manual_seed(0)
     net = torch.nn.Sequential(poolops.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.ReLU(),
                               poolops.nn.Conv2d(8, 8, 3, 2, 1, groups=8, padding_mode="reflect"),
                               poolops.nn.Conv2d(8, 4, 1, bias=False))
     x = torch.randn(2, 3, 16, 16)
-    compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
-    torch.testing.assert_close(compiled(x), net(x))
-    compiled(x).sum().backward()
-    grads = [p.grad.clone() for p in net.parameters()]
-    net.zero_grad()
-    net(x).sum().backward()
-    for a, b in zip(grads, [p.grad for p in net.parameters()]):
-        torch.testing.assert_close(a, b)
+    assert_compiled_matches_eager(net, x)
     f = torch.compile(lambda t, w: P.conv2d(t, w, None, 2, 1), backend="aot_eager", fullgraph=True, dynamic=True)
     w = torch.randn(4, 2, 3, 3)
     for shape in [(1, 2, 8, 8), (3, 2, 11, 7)]:

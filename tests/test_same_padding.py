@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import poolops
 import poolops.functional as P
 import poolops.nn as pnn
-from common import LAYOUTS, distinct, needs_cuda
+from common import LAYOUTS, assert_compiled_matches_eager, distinct, needs_cuda
 
 ops = torch.ops.poolops
 
@@ -273,20 +273,12 @@ def test_modules_take_same_at_any_stride():
 
 
 def test_compile_fullgraph_same():
-    torch._dynamo.reset()
     torch.manual_seed(0)
     net = torch.nn.Sequential(pnn.Conv2d(3, 8, 3, stride=2, padding="same"), torch.nn.ReLU(),
                               pnn.MaxPool2d(3, 2, padding="same"),
                               pnn.Conv2d(8, 8, 3, stride=2, padding="same", groups=8))
     x = torch.randn(2, 3, 15, 16)
-    compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
-    torch.testing.assert_close(compiled(x), net(x))
-    compiled(x).sum().backward()
-    grads = [p.grad.clone() for p in net.parameters()]
-    net.zero_grad()
-    net(x).sum().backward()
-    for a, b in zip(grads, [p.grad for p in net.parameters()]):
-        torch.testing.assert_close(a, b)
+    assert_compiled_matches_eager(net, x)
 
 
 # --- CUDA ---------------------------------------------------------------------------------------
