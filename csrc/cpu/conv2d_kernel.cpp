@@ -34,8 +34,18 @@ class ReaderTables {
     for (int64_t e = 0; e < g.H * g.kh; ++e) rows_[e] = conv_reader(e / g.kh, e % g.kh, g.OH, g.sh, g.ph, g.dh);
     for (int64_t e = 0; e < g.W * g.kw; ++e) cols_[e] = conv_reader(e / g.kw, e % g.kw, g.OW, g.sw, g.pw, g.dw);
   }
-  int64_t row(int64_t h, int64_t i) const { return rows_[h * kh_ + i]; }
-  int64_t col(int64_t w, int64_t j) const { return cols_[w * kw_ + j]; }
+  // fn(i, j, oh, ow) for every tap (i, j) that reads input (h, w) into output (oh, ow), row-major.
+  template <typename Fn>
+  void each(int64_t h, int64_t w, const Fn& fn) const {
+    for (int64_t i = 0; i < kh_; ++i) {
+      const int64_t oh = rows_[h * kh_ + i];
+      if (oh < 0) continue;
+      for (int64_t j = 0; j < kw_; ++j) {
+        const int64_t ow = cols_[w * kw_ + j];
+        if (ow >= 0) fn(i, j, oh, ow);
+      }
+    }
+  }
 
  private:
   int64_t kh_, kw_;
@@ -167,16 +177,10 @@ void col2im_nhwc(const T* cols, T* gin, const Conv2dGeom& g) {
         for (int64_t c0 = 0; c0 < cg; c0 += kLanes) {
           const int64_t cn = std::min(kLanes, cg - c0);
           std::fill(acc, acc + cn, acc_t(0));
-          for (int64_t i = 0; i < g.kh; ++i) {
-            const int64_t oh = rt.row(h, i);
-            if (oh < 0) continue;
-            for (int64_t j = 0; j < g.kw; ++j) {
-              const int64_t ow = rt.col(w, j);
-              if (ow < 0) continue;
-              const T* src = cols + (oh * g.OW + ow) * K + ((grp * g.kh + i) * g.kw + j) * cg + c0;
-              for (int64_t c = 0; c < cn; ++c) acc[c] += static_cast<acc_t>(src[c]);
-            }
-          }
+          rt.each(h, w, [&](int64_t i, int64_t j, int64_t oh, int64_t ow) {
+            const T* src = cols + (oh * g.OW + ow) * K + ((grp * g.kh + i) * g.kw + j) * cg + c0;
+            for (int64_t c = 0; c < cn; ++c) acc[c] += static_cast<acc_t>(src[c]);
+          });
           T* dst = gin + p * g.C + grp * cg + c0;
           for (int64_t c = 0; c < cn; ++c) dst[c] = static_cast<T>(acc[c]);
         }
@@ -481,17 +485,11 @@ void depthwise_backward_input_nhwc(const T* gout, const T* wtc, T* gin, const Co
         for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
           const int64_t cn = std::min(kLanes, C - c0);
           std::fill(acc, acc + cn, acc_t(0));
-          for (int64_t i = 0; i < g.kh; ++i) {
-            const int64_t oh = rt.row(h, i);
-            if (oh < 0) continue;
-            for (int64_t j = 0; j < g.kw; ++j) {
-              const int64_t ow = rt.col(w, j);
-              if (ow < 0) continue;
-              const T* src = gn + (oh * g.OW + ow) * C + c0;
-              const T* wv = wtc + (i * g.kw + j) * C + c0;
-              for (int64_t c = 0; c < cn; ++c) acc[c] += static_cast<acc_t>(wv[c]) * static_cast<acc_t>(src[c]);
-            }
-          }
+          rt.each(h, w, [&](int64_t i, int64_t j, int64_t oh, int64_t ow) {
+            const T* src = gn + (oh * g.OW + ow) * C + c0;
+            const T* wv = wtc + (i * g.kw + j) * C + c0;
+            for (int64_t c = 0; c < cn; ++c) acc[c] += static_cast<acc_t>(wv[c]) * static_cast<acc_t>(src[c]);
+          });
           for (int64_t c = 0; c < cn; ++c) dst[c0 + c] = static_cast<T>(acc[c]);
         }
       }
