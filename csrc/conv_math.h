@@ -72,21 +72,43 @@ C10_HOST_DEVICE inline int64_t col_offset(const Conv2dGeom& g, int64_t k, int64_
   return channels_last ? pix * K + k : k * g.ohw() + pix;
 }
 
+// fn(i, j, h, w) for every tap (i, j) of output (oh, ow) that reads an
+// in-range input (h, w), in row-major tap order.
+template <typename Fn>
+C10_HOST_DEVICE inline void for_each_source_tap(const Conv2dGeom& g, int64_t oh, int64_t ow, const Fn& fn) {
+  for (int64_t i = 0; i < g.kh; ++i) {
+    const int64_t h = conv_source(oh, i, g.sh, g.ph, g.dh);
+    if (h < 0 || h >= g.H) continue;
+    for (int64_t j = 0; j < g.kw; ++j) {
+      const int64_t w = conv_source(ow, j, g.sw, g.pw, g.dw);
+      if (w >= 0 && w < g.W) fn(i, j, h, w);
+    }
+  }
+}
+
+// fn(i, j, oh, ow) for every tap (i, j) that reads input (h, w) into output
+// (oh, ow), in row-major tap order.
+template <typename Fn>
+C10_HOST_DEVICE inline void for_each_reader_tap(const Conv2dGeom& g, int64_t h, int64_t w, const Fn& fn) {
+  for (int64_t i = 0; i < g.kh; ++i) {
+    const int64_t oh = conv_reader(h, i, g.OH, g.sh, g.ph, g.dh);
+    if (oh < 0) continue;
+    for (int64_t j = 0; j < g.kw; ++j) {
+      const int64_t ow = conv_reader(w, j, g.OW, g.sw, g.pw, g.dw);
+      if (ow >= 0) fn(i, j, oh, ow);
+    }
+  }
+}
+
 // col2im for one input element (c, h, w) of one image: the sum of the column
 // entries that im2col copied from it, in tap order. Deterministic gather.
 template <typename scalar_t, typename acc_t>
 C10_HOST_DEVICE inline acc_t col2im_gather(const scalar_t* cols, const Conv2dGeom& g, int64_t c, int64_t h,
                                            int64_t w, bool channels_last) {
   acc_t sum = acc_t(0);
-  for (int64_t i = 0; i < g.kh; ++i) {
-    const int64_t oh = conv_reader(h, i, g.OH, g.sh, g.ph, g.dh);
-    if (oh < 0) continue;
-    for (int64_t j = 0; j < g.kw; ++j) {
-      const int64_t ow = conv_reader(w, j, g.OW, g.sw, g.pw, g.dw);
-      if (ow < 0) continue;
-      sum += static_cast<acc_t>(cols[col_offset(g, col_row(g, c, i, j, channels_last), oh * g.OW + ow, channels_last)]);
-    }
-  }
+  for_each_reader_tap(g, h, w, [&](int64_t i, int64_t j, int64_t oh, int64_t ow) {
+    sum += static_cast<acc_t>(cols[col_offset(g, col_row(g, c, i, j, channels_last), oh * g.OW + ow, channels_last)]);
+  });
   return sum;
 }
 
@@ -97,15 +119,9 @@ template <typename scalar_t, typename acc_t>
 C10_HOST_DEVICE inline acc_t depthwise_output(const scalar_t* x, int64_t s_h, int64_t s_w, const scalar_t* wt,
                                               const Conv2dGeom& g, int64_t oh, int64_t ow) {
   acc_t sum = acc_t(0);
-  for (int64_t i = 0; i < g.kh; ++i) {
-    const int64_t h = conv_source(oh, i, g.sh, g.ph, g.dh);
-    if (h < 0 || h >= g.H) continue;
-    for (int64_t j = 0; j < g.kw; ++j) {
-      const int64_t w = conv_source(ow, j, g.sw, g.pw, g.dw);
-      if (w < 0 || w >= g.W) continue;
-      sum += static_cast<acc_t>(x[h * s_h + w * s_w]) * static_cast<acc_t>(wt[i * g.kw + j]);
-    }
-  }
+  for_each_source_tap(g, oh, ow, [&](int64_t i, int64_t j, int64_t h, int64_t w) {
+    sum += static_cast<acc_t>(x[h * s_h + w * s_w]) * static_cast<acc_t>(wt[i * g.kw + j]);
+  });
   return sum;
 }
 
@@ -118,16 +134,10 @@ C10_HOST_DEVICE inline acc_t depthwise_input_grad(const scalar_t* gout, int64_t 
   const int64_t m = g.OC / g.C;
   acc_t sum = acc_t(0);
   for (int64_t r = 0; r < m; ++r) {
-    for (int64_t i = 0; i < g.kh; ++i) {
-      const int64_t oh = conv_reader(h, i, g.OH, g.sh, g.ph, g.dh);
-      if (oh < 0) continue;
-      for (int64_t j = 0; j < g.kw; ++j) {
-        const int64_t ow = conv_reader(w, j, g.OW, g.sw, g.pw, g.dw);
-        if (ow < 0) continue;
-        sum += static_cast<acc_t>(gout[r * so_c + oh * so_h + ow * so_w]) *
-               static_cast<acc_t>(wt[(r * g.kh + i) * g.kw + j]);
-      }
-    }
+    for_each_reader_tap(g, h, w, [&](int64_t i, int64_t j, int64_t oh, int64_t ow) {
+      sum += static_cast<acc_t>(gout[r * so_c + oh * so_h + ow * so_w]) *
+             static_cast<acc_t>(wt[(r * g.kh + i) * g.kw + j]);
+    });
   }
   return sum;
 }

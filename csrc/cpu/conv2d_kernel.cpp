@@ -441,16 +441,10 @@ void depthwise_forward_nhwc(const T* x, const T* wtc, const T* bias, T* y, const
       const int64_t ow = p % g.OW, oh = (p / g.OW) % g.OH;
       const T* xn = x + (p / g.ohw()) * g.H * g.W * C;
       int64_t nt = 0;
-      for (int64_t i = 0; i < g.kh; ++i) {
-        const int64_t h = conv_source(oh, i, g.sh, g.ph, g.dh);
-        if (h < 0 || h >= g.H) continue;
-        for (int64_t j = 0; j < g.kw; ++j) {
-          const int64_t w = conv_source(ow, j, g.sw, g.pw, g.dw);
-          if (w < 0 || w >= g.W) continue;
-          src[nt] = (h * g.W + w) * C;
-          wrow[nt++] = (i * g.kw + j) * C;
-        }
-      }
+      for_each_source_tap(g, oh, ow, [&](int64_t i, int64_t j, int64_t h, int64_t w) {
+        src[nt] = (h * g.W + w) * C;
+        wrow[nt++] = (i * g.kw + j) * C;
+      });
       T* yp = y + p * C;
       const T* b = bias;
       int64_t c0 = 0;
@@ -511,17 +505,11 @@ void depthwise_backward_weight_nhwc(const T* gout, const T* x, T* gw, const Conv
       for (int64_t oh = 0; oh < g.OH; ++oh) {
         for (int64_t ow = 0; ow < g.OW; ++ow) {
           const T* go = gout + ((n * g.OH + oh) * g.OW + ow) * C;
-          for (int64_t i = 0; i < g.kh; ++i) {
-            const int64_t h = conv_source(oh, i, g.sh, g.ph, g.dh);
-            if (h < 0 || h >= g.H) continue;
-            for (int64_t j = 0; j < g.kw; ++j) {
-              const int64_t w = conv_source(ow, j, g.sw, g.pw, g.dw);
-              if (w < 0 || w >= g.W) continue;
-              const T* src = xn + (h * g.W + w) * C;
-              acc_t* dst = part + (i * g.kw + j) * C;
-              for (int64_t c = 0; c < C; ++c) dst[c] += static_cast<acc_t>(go[c]) * static_cast<acc_t>(src[c]);
-            }
-          }
+          for_each_source_tap(g, oh, ow, [&](int64_t i, int64_t j, int64_t h, int64_t w) {
+            const T* src = xn + (h * g.W + w) * C;
+            acc_t* dst = part + (i * g.kw + j) * C;
+            for (int64_t c = 0; c < C; ++c) dst[c] += static_cast<acc_t>(go[c]) * static_cast<acc_t>(src[c]);
+          });
         }
       }
     }
