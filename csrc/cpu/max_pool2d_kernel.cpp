@@ -5,12 +5,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <array>
-#include <atomic>
 #include <cstdint>
 #include <limits>
 #include <type_traits>
-#include <vector>
 
 #include "../pool_args.h"
 #include "cpu_loops.h"
