@@ -235,6 +235,43 @@ def test_reduced_precision_strides_and_wide_rows(dtype, k, s, p, d):
         assert torch.equal(P.max_pool2d(x, k, s, p, d), b)
 
 
+def _specials(shape, dtype, seed):
+    """Small integers (many ties), signed zeros, NaN and -inf at random places."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-2, 3, shape, generator=g).double()
+    zero = x == 0
+    x[zero] = torch.where(torch.rand(shape, generator=g) < 0.5, 0.0, -0.0).double()[zero]
+    r = torch.rand(shape, generator=g)
+    x[r < 0.03] = float("nan")
+    x[(r > 0.97)] = float("-inf")
+    x[0, 0] = float("-inf")  # whole planes of -inf: the first in-range tap is the argmax
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int32])
+@pytest.mark.parametrize("k,s,p,d", [(3, 2, 1, 1), (2, 2, 0, 1), (3, 1, 1, 1), (3, 3, 1, 2), (2, 2, 1, 2), (4, 4, 0, 1)])
+def test_row_sweep_specials(dtype, k, s, p, d):
+    """NCHW rows with enough inner outputs are swept a block at a time (eight float lanes for float, half and
+    bfloat16; wider scalar blocks for the rest), the last block overlapping the one before: widths around one
+    and two blocks give torch's values (NaN: the last wins; +-0: the first wins), indices and taps."""
+    from poolops._autograd import _taps_to_indices
+
+    for W in (16, 23, 40, 61, 150):
+        x = _specials((2, 3, 7, W), torch.float64, W)
+        if not dtype.is_floating_point:
+            x = x.nan_to_num(0, 0, -5)
+        x = x.to(dtype)
+        (a, ia), (b, ib) = both(x, k, s, p, d, return_indices=True)
+        assert torch.equal(ia, ib), W
+        assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num()), W
+        if dtype.is_floating_point:
+            assert torch.equal(a.signbit(), b.signbit()), W
+        assert torch.equal(P.max_pool2d(x, k, s, p, d).nan_to_num(), a.nan_to_num())
+        params = [[v] for v in (k, s, p, d)]
+        out, taps = ops.max_pool2d_with_taps(x, *params, False)
+        assert torch.equal(_taps_to_indices(taps, x.shape, *params), ib) and torch.equal(out.isnan(), b.isnan())
+
+
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])
 def test_integer_inputs_exact(dtype):
     info = torch.iinfo(dtype)

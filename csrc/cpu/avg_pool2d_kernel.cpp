@@ -11,69 +11,82 @@
 
 #include "../pool_args.h"
 #include "cpu_loops.h"
+#include "vec8.h"
 
 namespace poolops {
 namespace {
 
-// One tap added to n consecutive outputs whose inputs lie `step` apart
-// (kStep > 0 fixes the step so that the loop vectorises well).
-template <int kStep, typename T, typename acc_t>
-inline void sum_tap(const T* src, int64_t step, int64_t n, acc_t* acc) {
+// Window sums of kV consecutive outputs of one NCHW row, every tap added in
+// row-major order (at, step and kStep as in row_blocks), each then divided by
+// its divisor. The eight-float version keeps its lanes in one AVX2 register.
+template <int kV, int kStep, typename acc_t, typename At, typename scalar_t>
+inline void sum_row_block(const At& at, int64_t step, int64_t rows, int64_t kw, const acc_t* divisors, scalar_t* y) {
   const int64_t st = kStep > 0 ? kStep : step;
-  for (int64_t j = 0; j < n; ++j) acc[j] += static_cast<acc_t>(src[j * st]);
+  acc_t acc[kV] = {};
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t t = 0; t < kw; ++t) {
+      const auto* src = at(r, t);
+      for (int j = 0; j < kV; ++j) acc[j] += static_cast<acc_t>(src[j * st]);
+    }
+  }
+  for (int j = 0; j < kV; ++j) y[j] = static_cast<scalar_t>(acc[j] / divisors[j]);
+}
+
+template <int kStep, typename At, typename scalar_t>
+inline void sum_row_vec8(const At& at, int64_t step, int64_t rows, int64_t kw, const float* divisors, scalar_t* y) {
+  vec8::f32x8 acc = vec8::broadcast(0.0f);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t t = 0; t < kw; ++t) acc += vec8::load<kStep>(at(r, t), step);
+  }
+  vec8::store(y, acc / vec8::load<1>(divisors, 1));
 }
 
 // NCHW: one task per output row. Outputs whose window lies inside [0, W) are
-// swept tap by tap across the row, each still summing its taps in row-major
-// order and then dividing, as the shared scalar path does for the others.
+// summed kV at a time (row_blocks), each in row-major tap order and then
+// divided, as the shared scalar path does for the border outputs and for rows
+// with fewer than kV inner outputs. Float, half and bfloat16 take eight-float
+// blocks; for strides above 2 their rows are phased.
 template <typename scalar_t>
 void forward_nchw(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const AvgPoolOpts& opt) {
   using acc_t = at::opmath_type<scalar_t>;
+  constexpr bool kVec = vec8::kSupported<scalar_t>;
+  constexpr int kV = kVec ? 8 : 128 / sizeof(acc_t);
+  const bool phased = kVec && g.sw > 2;
   const Range inner = inner_columns(g);
   std::vector<AvgWindow> cols(g.OW);
   for (int64_t ow = 0; ow < g.OW; ++ow) cols[ow] = avg_col_window(ow, g, opt);
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.OW * g.kh * g.kw));
-  const bool phased = !std::is_same_v<scalar_t, acc_t>;  // as in max_pool2d
   at::parallel_for(0, g.N * g.C * g.OH, grain, [&](int64_t begin, int64_t end) {
-    acc_t acc[kLanes];
-    PhaseRow<acc_t> row(g.sw, (kLanes - 1) * g.sw + (g.kw - 1) * g.dw + 1);
+    auto phase = phase_rows<acc_t>(g, phased);
+    std::vector<acc_t> divisors(g.OW);
+    int64_t divisors_row = -1;
     for (int64_t r = begin; r < end; ++r) {
       const int64_t oh = r % g.OH;
       const scalar_t* plane = x + (r / g.OH) * g.H * g.W;
       scalar_t* yrow = y + r * g.OW;
       const AvgWindow wh = avg_row_window(oh, g, opt);
-      const auto scalar_output = [&](int64_t ow) {
+      const bool sweep = !wh.taps.empty() && inner.end - inner.begin >= kV;
+      for (int64_t ow = 0; ow < g.OW; ++ow) {
+        if (sweep && ow == inner.begin) ow = inner.end;
+        if (ow == g.OW) break;
         yrow[ow] = static_cast<scalar_t>(avg_pool_output<scalar_t, acc_t>(plane, g.W, 1, g, opt, oh, ow));
-      };
-      for (int64_t ow = 0; ow < inner.begin; ++ow) scalar_output(ow);
-      for (int64_t ow = inner.end; ow < g.OW; ++ow) scalar_output(ow);
-      if (wh.taps.empty()) {
-        for (int64_t ow = inner.begin; ow < inner.end; ++ow) scalar_output(ow);
-        continue;
       }
-      for (int64_t c0 = inner.begin; c0 < inner.end; c0 += kLanes) {
-        const int64_t n = std::min(kLanes, inner.end - c0);
-        const int64_t w0 = c0 * g.sw - g.pw;
-        std::fill(acc, acc + n, acc_t(0));
-        for (int64_t h = wh.taps.begin; h < wh.taps.end; h += g.dh) {
-          if (phased) row.fill(plane + h * g.W + w0, (n - 1) * g.sw + (g.kw - 1) * g.dw + 1);
-          for (int64_t t = 0; t < g.kw; ++t) {
-            const scalar_t* src = plane + h * g.W + w0 + t * g.dw;
-            if (phased) {
-              sum_tap<1>(row.at(t * g.dw), 1, n, acc);
-            } else if (g.sw == 1) {
-              sum_tap<1>(src, 1, n, acc);
-            } else if (g.sw == 2) {
-              sum_tap<2>(src, 2, n, acc);
-            } else {
-              sum_tap<0>(src, g.sw, n, acc);
-            }
-          }
+      if (!sweep) continue;
+      if (divisors_row != oh) {
+        for (int64_t ow = inner.begin; ow < inner.end; ++ow) {
+          divisors[ow] = static_cast<acc_t>(avg_pool_divisor(wh, cols[ow], opt));
         }
-        for (int64_t j = 0; j < n; ++j) {
-          yrow[c0 + j] = static_cast<scalar_t>(acc[j] / static_cast<acc_t>(avg_pool_divisor(wh, cols[c0 + j], opt)));
-        }
+        divisors_row = oh;
       }
+      const int64_t rows = (wh.taps.end - wh.taps.begin + g.dh - 1) / g.dh;
+      row_blocks<kV>(plane + wh.taps.begin * g.W, rows, g, inner, phased, phase,
+                     [&]<int kStep>(int64_t c0, const auto& at, Step<kStep>, int64_t step) {
+        if constexpr (kVec) {
+          sum_row_vec8<kStep>(at, step, rows, g.kw, divisors.data() + c0, yrow + c0);
+        } else {
+          sum_row_block<kV, kStep>(at, step, rows, g.kw, divisors.data() + c0, yrow + c0);
+        }
+      });
     }
   });
 }

@@ -76,6 +76,54 @@ class PhaseRow {
   std::vector<acc_t> buf_;
 };
 
+// Compile-time input step of a row block's outputs (0: the runtime step).
+template <int kStep>
+using Step = std::integral_constant<int, kStep>;
+
+// The inner outputs of one NCHW output row in blocks of kV (the last one
+// overlapping the one before; the range must hold at least kV outputs).
+// block(c0, at, Step<kStep>{}, step) computes outputs c0 .. c0 + kV - 1, where
+// at(i, t) points at the input of tap t in window row i (input row
+// src + i * dh * W) for output c0, the other outputs `step` apart. Phased rows
+// are first widened and split by stride phase into `phase`, one PhaseRow per
+// window row, so that every tap reads unit-stride acc_t.
+template <int kV, typename acc_t, typename scalar_t, typename Block>
+inline void row_blocks(const scalar_t* src, int64_t rows, const Pool2dGeom& g, Range inner, bool phased,
+                       std::vector<PhaseRow<acc_t>>& phase, const Block& block) {
+  const int64_t rs = g.dh * g.W;
+  for (int64_t b0 = inner.begin; b0 < inner.end; b0 += kLanes) {
+    // A chunk of up to kLanes outputs (the PhaseRow capacity); a short last one reaches back.
+    const int64_t b1 = std::min(inner.end, b0 + kLanes);
+    const int64_t lo = std::min(b0, b1 - kV);
+    if (phased) {
+      for (int64_t i = 0; i < rows; ++i) {
+        phase[i].fill(src + i * rs + lo * g.sw - g.pw, (b1 - lo - 1) * g.sw + (g.kw - 1) * g.dw + 1);
+      }
+    }
+    for (int64_t c = lo; c < b1; c += kV) {
+      const int64_t c0 = std::min(c, b1 - kV);
+      const scalar_t* first = src + c0 * g.sw - g.pw;
+      const auto direct = [&](int64_t i, int64_t t) { return first + i * rs + t * g.dw; };
+      if (phased) {
+        block(c0, [&, off = c0 - lo](int64_t i, int64_t t) { return phase[i].at(t * g.dw) + off; }, Step<1>{}, 1);
+      } else if (g.sw == 1) {
+        block(c0, direct, Step<1>{}, 1);
+      } else if (g.sw == 2) {
+        block(c0, direct, Step<2>{}, 2);
+      } else {
+        block(c0, direct, Step<0>{}, g.sw);
+      }
+    }
+  }
+}
+
+// PhaseRows for row_blocks: one per window row when `phased`, else none.
+template <typename acc_t>
+std::vector<PhaseRow<acc_t>> phase_rows(const Pool2dGeom& g, bool phased) {
+  if (!phased) return {};
+  return std::vector<PhaseRow<acc_t>>(g.kh, PhaseRow<acc_t>(g.sw, (kLanes - 1) * g.sw + (g.kw - 1) * g.dw + 1));
+}
+
 // For every input position, the outputs whose window covers it. Windows are
 // monotone in the output index, so each is a contiguous range.
 inline std::vector<Range> covering_ranges(const std::vector<Range>& windows, int64_t in) {

@@ -11,101 +11,129 @@
 
 #include "../pool_args.h"
 #include "cpu_loops.h"
+#include "vec8.h"
 
 namespace poolops {
 namespace {
 
-// One tap applied to n consecutive outputs whose inputs lie `step` apart.
-// Written branch-free so the compiler vectorises it; kStep > 0 fixes the step.
-template <int kStep, bool kIdx, typename scalar_t, typename acc_t, typename index_t>
-inline void max_tap(const scalar_t* src, int64_t step, int64_t n, acc_t* best, index_t* arg, index_t pos,
-                    index_t pos_step) {
+// kV consecutive outputs of one NCHW row over every tap of their windows in
+// row-major order. at(r, t) points at the input of tap t in window row r for
+// the first output; the others lie `step` apart (kStep > 0 fixes it). An
+// argmax is the tap number (kTaps) or the flat index: `first` for the first
+// tap of the first output, row_step and tap_step on per tap, out_step per
+// output. The eight-float version keeps its lanes in one AVX2 register.
+template <int kV, int kStep, bool kIdx, bool kTaps, typename acc_t, typename index_t, typename At, typename scalar_t,
+          typename out_t>
+inline void max_row_block(const At& at, int64_t step, int64_t rows, int64_t kw, index_t first, index_t row_step,
+                          index_t tap_step, index_t out_step, scalar_t* y, out_t* idx) {
   const int64_t st = kStep > 0 ? kStep : step;
-  for (int64_t j = 0; j < n; ++j) {
-    const acc_t v = static_cast<acc_t>(src[j * st]);
-    const bool take = max_pool_takes(v, best[j]);
-    best[j] = take ? v : best[j];
-    if (kIdx) arg[j] = take ? static_cast<index_t>(pos + j * pos_step) : arg[j];
+  acc_t best[kV];
+  index_t arg[kV];
+  for (int j = 0; j < kV; ++j) {
+    best[j] = lowest_value<acc_t>();
+    if (kIdx) arg[j] = kTaps ? first : first + j * out_step;
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t t = 0; t < kw; ++t) {
+      const auto* src = at(r, t);
+      const index_t tap = first + static_cast<index_t>(r) * row_step + static_cast<index_t>(t) * tap_step;
+      for (int j = 0; j < kV; ++j) {
+        const acc_t v = static_cast<acc_t>(src[j * st]);
+        const bool take = max_pool_takes(v, best[j]);
+        best[j] = take ? v : best[j];
+        if (kIdx) arg[j] = take ? (kTaps ? tap : tap + j * out_step) : arg[j];
+      }
+    }
+  }
+  for (int j = 0; j < kV; ++j) {
+    y[j] = static_cast<scalar_t>(best[j]);
+    if (kIdx) idx[j] = static_cast<out_t>(arg[j]);
   }
 }
 
-template <bool kIdx, typename scalar_t, typename acc_t, typename index_t>
-inline void max_tap_any_step(const scalar_t* src, int64_t step, int64_t n, acc_t* best, index_t* arg,
-                             index_t pos, index_t pos_step) {
-  if (step == 1) {
-    max_tap<1, kIdx>(src, step, n, best, arg, pos, pos_step);
-  } else if (step == 2) {
-    max_tap<2, kIdx>(src, step, n, best, arg, pos, pos_step);
-  } else {
-    max_tap<0, kIdx>(src, step, n, best, arg, pos, pos_step);
+template <int kStep, bool kIdx, bool kTaps, typename At, typename scalar_t, typename out_t>
+inline void max_row_vec8(const At& at, int64_t step, int64_t rows, int64_t kw, int32_t first, int32_t row_step,
+                         int32_t tap_step, int32_t out_step, scalar_t* y, out_t* idx) {
+  using namespace vec8;
+  const i32x8 lane = kTaps ? i32x8{} : iota() * out_step;
+  f32x8 best = broadcast(lowest_value<float>());
+  i32x8 arg = first + lane;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t t = 0; t < kw; ++t) {
+      const f32x8 v = load<kStep>(at(r, t), step);
+      const i32x8 take = takes(v, best);
+      best = take ? v : best;
+      if (kIdx) arg = take ? (first + static_cast<int32_t>(r) * row_step + static_cast<int32_t>(t) * tap_step) + lane : arg;
+    }
+  }
+  store(y, best);
+  if (kIdx) {
+    for (int j = 0; j < 8; ++j) idx[j] = static_cast<out_t>(arg[j]);
   }
 }
 
 // NCHW: one task per output row. Outputs whose window lies inside [0, W) are
-// swept tap by tap across the row (each output still sees its taps in
-// row-major order); the few border outputs use the shared scalar scan.
+// swept kV at a time (row_blocks); the border outputs, and rows with fewer
+// than kV such outputs, use the shared scalar scan. Float, half and bfloat16
+// take eight-float blocks; for strides above 2 their rows are phased.
 template <typename scalar_t, typename index_t, typename out_t, bool kIdx>
 void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& g) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool kTaps = std::is_same_v<out_t, uint8_t>;
+  constexpr bool kVec = vec8::kSupported<scalar_t> && std::is_same_v<index_t, int32_t>;
+  constexpr int kV = kVec ? 8 : 128 / sizeof(acc_t);
+  const bool phased = kVec && g.sw > 2;
   const Range inner = inner_columns(g);
-  const int64_t ow_lo = inner.begin, ow_hi = inner.end;
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.OW * g.kh * g.kw));
-  // Half and bfloat16 rows are first widened and split into phases
-  // (PhaseRow: 1.3-2.3x); float rows are read in place (measured faster).
-  const bool phased = !std::is_same_v<scalar_t, acc_t>;
+  const index_t row_step = static_cast<index_t>(kTaps ? g.kw : g.dh * g.W);
+  const index_t tap_step = static_cast<index_t>(kTaps ? 1 : g.dw);
+  const index_t out_step = static_cast<index_t>(g.sw);
   at::parallel_for(0, g.N * g.C * g.OH, grain, [&](int64_t begin, int64_t end) {
-    acc_t best[kLanes];
-    index_t arg[kLanes];
-    PhaseRow<acc_t> row(g.sw, (kLanes - 1) * g.sw + (g.kw - 1) * g.dw + 1);
+    auto phase = phase_rows<acc_t>(g, phased);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t oh = r % g.OH;
       const scalar_t* plane = x + (r / g.OH) * g.H * g.W;
       const Range rh = max_pool_taps(oh, g.H, g.kh, g.sh, g.ph, g.dh);
       scalar_t* yrow = y + r * g.OW;
       out_t* irow = kIdx ? idx + r * g.OW : nullptr;
-      const auto scalar_output = [&](int64_t ow) {
+      const bool sweep = !rh.empty() && inner.end - inner.begin >= kV;
+      for (int64_t ow = 0; ow < g.OW; ++ow) {
+        if (sweep && ow == inner.begin) ow = inner.end;
+        if (ow == g.OW) break;
         acc_t b;
         int64_t a;
         max_pool_scan(plane, g.W, int64_t(1), g.W, rh, max_pool_taps(ow, g.W, g.kw, g.sw, g.pw, g.dw), g.dh,
                       g.dw, b, a);
         yrow[ow] = static_cast<scalar_t>(b);
         if (kIdx) irow[ow] = max_pool_store<out_t>(a, oh, ow, g);
-      };
-      for (int64_t ow = 0; ow < ow_lo; ++ow) scalar_output(ow);
-      for (int64_t ow = ow_hi; ow < g.OW; ++ow) scalar_output(ow);
-      if (rh.empty()) {
-        for (int64_t ow = ow_lo; ow < ow_hi; ++ow) scalar_output(ow);
-        continue;
       }
-      for (int64_t c0 = ow_lo; c0 < ow_hi; c0 += kLanes) {
-        const int64_t n = std::min(kLanes, ow_hi - c0);
-        const int64_t w0 = c0 * g.sw - g.pw;
-        const int64_t th0 = (rh.begin - (oh * g.sh - g.ph)) / g.dh;  // tap row of the first in-range row
-        for (int64_t j = 0; j < n; ++j) {
-          best[j] = lowest_value<acc_t>();
-          if (kIdx) arg[j] = kTaps ? th0 * g.kw : rh.begin * g.W + w0 + j * g.sw;
+      if (!sweep) continue;
+      const int64_t rows = (rh.end - rh.begin + g.dh - 1) / g.dh;
+      const int64_t th0 = (rh.begin - (oh * g.sh - g.ph)) / g.dh;  // tap row of the first in-range row
+      row_blocks<kV>(plane + rh.begin * g.W, rows, g, inner, phased, phase,
+                     [&]<int kStep>(int64_t c0, const auto& at, Step<kStep>, int64_t step) {
+        const index_t first = static_cast<index_t>(kTaps ? th0 * g.kw : rh.begin * g.W + c0 * g.sw - g.pw);
+        out_t* ib = kIdx ? irow + c0 : nullptr;
+        if constexpr (kVec) {
+          max_row_vec8<kStep, kIdx, kTaps>(at, step, rows, g.kw, first, row_step, tap_step, out_step, yrow + c0, ib);
+        } else {
+          max_row_block<kV, kStep, kIdx, kTaps, acc_t>(at, step, rows, g.kw, first, row_step, tap_step, out_step,
+                                                       yrow + c0, ib);
         }
-        for (int64_t h = rh.begin, th = th0; h < rh.end; h += g.dh, ++th) {
-          if (phased) row.fill(plane + h * g.W + w0, (n - 1) * g.sw + (g.kw - 1) * g.dw + 1);
-          for (int64_t t = 0; t < g.kw; ++t) {
-            const int64_t pos = h * g.W + w0 + t * g.dw;
-            const auto tap = static_cast<index_t>(kTaps ? th * g.kw + t : pos);
-            const auto tap_step = static_cast<index_t>(kTaps ? 0 : g.sw);
-            if (phased) {
-              max_tap<1, kIdx>(row.at(t * g.dw), 1, n, best, arg, tap, tap_step);
-            } else {
-              max_tap_any_step<kIdx>(plane + pos, g.sw, n, best, arg, tap, tap_step);
-            }
-          }
-        }
-        for (int64_t j = 0; j < n; ++j) {
-          yrow[c0 + j] = static_cast<scalar_t>(best[j]);
-          if (kIdx) irow[c0 + j] = static_cast<out_t>(arg[j]);
-        }
-      }
+      });
     }
   });
+}
+
+// One tap applied to n consecutive channels: each takes v where max_pool_takes.
+template <bool kIdx, typename scalar_t, typename acc_t, typename index_t>
+inline void max_tap(const scalar_t* src, int64_t n, acc_t* best, index_t* arg, index_t pos) {
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t v = static_cast<acc_t>(src[j]);
+    const bool take = max_pool_takes(v, best[j]);
+    best[j] = take ? v : best[j];
+    if (kIdx) arg[j] = take ? pos : arg[j];
+  }
 }
 
 // NHWC, one block of channels of one output pixel. kB > 0 fixes the block
@@ -135,7 +163,7 @@ inline void nhwc_block(const scalar_t* xn, scalar_t* y, out_t* idx, const Pool2d
       if (h == rh.begin && w == rw.begin) continue;
       const int64_t pos = h * g.W + w;
       if (kB > 0) prefetch_block<kB * sizeof(scalar_t)>(xn + pos * g.C + ahead);
-      max_tap<1, kIdx>(xn + pos * g.C, 1, m, best, arg, static_cast<index_t>(kTaps ? th * g.kw + tw : pos), index_t(0));
+      max_tap<kIdx>(xn + pos * g.C, m, best, arg, static_cast<index_t>(kTaps ? th * g.kw + tw : pos));
     }
   }
   for (int64_t j = 0; j < m; ++j) {
