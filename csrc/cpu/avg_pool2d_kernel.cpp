@@ -16,11 +16,36 @@
 namespace poolops {
 namespace {
 
+// The divisor of every output (OH, OW) as a float and, where the quotient
+// equals a multiply (ExactDiv), its inverse; `by_mul` marks the output rows
+// whose inner outputs may all multiply.
+template <typename acc_t>
+struct DivisorPlane {
+  std::vector<acc_t> d, inv;
+  std::vector<char> by_mul;
+  DivisorPlane(const Pool2dGeom& g, const AvgPoolOpts& opt, Range inner)
+      : d(g.OH * g.OW), inv(g.OH * g.OW), by_mul(g.OH, 1) {
+    std::vector<AvgWindow> cols(g.OW);
+    for (int64_t ow = 0; ow < g.OW; ++ow) cols[ow] = avg_col_window(ow, g, opt);
+    for (int64_t oh = 0; oh < g.OH; ++oh) {
+      const AvgWindow wh = avg_row_window(oh, g, opt);
+      for (int64_t ow = 0; ow < g.OW; ++ow) {
+        const ExactDiv<acc_t> div(static_cast<acc_t>(avg_pool_divisor(wh, cols[ow], opt)));
+        d[oh * g.OW + ow] = div.d;
+        inv[oh * g.OW + ow] = div.inv;
+        if (ow >= inner.begin && ow < inner.end) by_mul[oh] &= div.by_mul;
+      }
+    }
+  }
+};
+
 // Window sums of kV consecutive outputs of one NCHW row, every tap added in
 // row-major order (at, step and kStep as in row_blocks), each then divided by
-// its divisor. The eight-float version keeps its lanes in one AVX2 register.
+// its divisor d (or multiplied by inv, the same quotient, when by_mul). The
+// eight-float version keeps its lanes in one AVX2 register.
 template <int kV, int kStep, typename acc_t, typename At, typename scalar_t>
-inline void sum_row_block(const At& at, int64_t step, int64_t rows, int64_t kw, const acc_t* divisors, scalar_t* y) {
+inline void sum_row_block(const At& at, int64_t step, int64_t rows, int64_t kw, const acc_t* d, const acc_t* inv,
+                          bool by_mul, scalar_t* y) {
   const int64_t st = kStep > 0 ? kStep : step;
   acc_t acc[kV] = {};
   for (int64_t r = 0; r < rows; ++r) {
@@ -29,16 +54,17 @@ inline void sum_row_block(const At& at, int64_t step, int64_t rows, int64_t kw, 
       for (int j = 0; j < kV; ++j) acc[j] += static_cast<acc_t>(src[j * st]);
     }
   }
-  for (int j = 0; j < kV; ++j) y[j] = static_cast<scalar_t>(acc[j] / divisors[j]);
+  for (int j = 0; j < kV; ++j) y[j] = static_cast<scalar_t>(by_mul ? acc[j] * inv[j] : acc[j] / d[j]);
 }
 
 template <int kStep, typename At, typename scalar_t>
-inline void sum_row_vec8(const At& at, int64_t step, int64_t rows, int64_t kw, const float* divisors, scalar_t* y) {
+inline void sum_row_vec8(const At& at, int64_t step, int64_t rows, int64_t kw, const float* d, const float* inv,
+                         bool by_mul, scalar_t* y) {
   vec8::f32x8 acc = vec8::broadcast(0.0f);
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t t = 0; t < kw; ++t) acc += vec8::load<kStep>(at(r, t), step);
   }
-  vec8::store(y, acc / vec8::load<1>(divisors, 1));
+  vec8::store(y, by_mul ? acc * vec8::load<1>(inv, 1) : acc / vec8::load<1>(d, 1));
 }
 
 // NCHW: one task per output row. Outputs whose window lies inside [0, W) are
@@ -53,38 +79,32 @@ void forward_nchw(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
   constexpr int kV = kVec ? 8 : 128 / sizeof(acc_t);
   const bool phased = kVec && g.sw > 2;
   const Range inner = inner_columns(g);
-  std::vector<AvgWindow> cols(g.OW);
-  for (int64_t ow = 0; ow < g.OW; ++ow) cols[ow] = avg_col_window(ow, g, opt);
+  const DivisorPlane<acc_t> div(g, opt, inner);
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.OW * g.kh * g.kw));
   at::parallel_for(0, g.N * g.C * g.OH, grain, [&](int64_t begin, int64_t end) {
     auto phase = phase_rows<acc_t>(g, phased);
-    std::vector<acc_t> divisors(g.OW);
-    int64_t divisors_row = -1;
     for (int64_t r = begin; r < end; ++r) {
       const int64_t oh = r % g.OH;
       const scalar_t* plane = x + (r / g.OH) * g.H * g.W;
       scalar_t* yrow = y + r * g.OW;
-      const AvgWindow wh = avg_row_window(oh, g, opt);
-      const bool sweep = !wh.taps.empty() && inner.end - inner.begin >= kV;
+      const Range rh = avg_row_window(oh, g, opt).taps;
+      const bool sweep = !rh.empty() && inner.end - inner.begin >= kV;
       for (int64_t ow = 0; ow < g.OW; ++ow) {
         if (sweep && ow == inner.begin) ow = inner.end;
         if (ow == g.OW) break;
         yrow[ow] = static_cast<scalar_t>(avg_pool_output<scalar_t, acc_t>(plane, g.W, 1, g, opt, oh, ow));
       }
       if (!sweep) continue;
-      if (divisors_row != oh) {
-        for (int64_t ow = inner.begin; ow < inner.end; ++ow) {
-          divisors[ow] = static_cast<acc_t>(avg_pool_divisor(wh, cols[ow], opt));
-        }
-        divisors_row = oh;
-      }
-      const int64_t rows = (wh.taps.end - wh.taps.begin + g.dh - 1) / g.dh;
-      row_blocks<kV>(plane + wh.taps.begin * g.W, rows, g, inner, phased, phase,
+      const int64_t rows = (rh.end - rh.begin + g.dh - 1) / g.dh;
+      const acc_t* d = div.d.data() + oh * g.OW;
+      const acc_t* inv = div.inv.data() + oh * g.OW;
+      const bool by_mul = div.by_mul[oh];
+      row_blocks<kV>(plane + rh.begin * g.W, rows, g, inner, phased, phase,
                      [&]<int kStep>(int64_t c0, const auto& at, Step<kStep>, int64_t step) {
         if constexpr (kVec) {
-          sum_row_vec8<kStep>(at, step, rows, g.kw, divisors.data() + c0, yrow + c0);
+          sum_row_vec8<kStep>(at, step, rows, g.kw, d + c0, inv + c0, by_mul, yrow + c0);
         } else {
-          sum_row_block<kV, kStep>(at, step, rows, g.kw, divisors.data() + c0, yrow + c0);
+          sum_row_block<kV, kStep>(at, step, rows, g.kw, d + c0, inv + c0, by_mul, yrow + c0);
         }
       });
     }
