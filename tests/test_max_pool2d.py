@@ -495,6 +495,37 @@ def test_taps_decode_to_the_indices(cfg, layout):
                        ops._max_pool2d_backward(g, idx, list(x.shape), *params, ceil))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_tiling_windows_backward_gathers(dtype, layout):
+    """kernel == stride without padding: the taps backward gathers each input's gradient (sixteen bfloat16 lanes on
+    the bits, eight float lanes otherwise) instead of scattering. Bit for bit the scatter of the int64 indices and
+    torch: -0 and NaN gradients come out as 0 + g rounded (+0, the quiet NaN), odd sizes and ceil-mode windows
+    leave uncovered inputs at 0, channel tails and short rows take the scalar path."""
+    for shape, k, ceil in [((2, 19, 9, 37), 2, False), ((1, 24, 8, 40), 2, True), ((2, 3, 7, 11), 3, True),
+                           ((1, 16, 6, 6), (2, 3), False), ((2, 5, 4, 33), 1, False)]:
+        x = torch.randint(-2, 3, shape, generator=torch.Generator().manual_seed(3)).to(dtype)  # ties
+        x = x.contiguous(memory_format=layout)
+        params = [list(k) if isinstance(k, tuple) else [k], [], [0], [1]]
+        out, taps = ops.max_pool2d_with_taps(x, *params, ceil)
+        _, idx = ops.max_pool2d_with_indices(x, *params, ceil)
+        g = torch.randn(out.shape)
+        g.view(-1)[::7] = -0.0
+        g.view(-1)[3::11] = float("nan")
+        g = g.to(dtype).contiguous(memory_format=layout)
+        gathered = ops._max_pool2d_backward(g, taps, list(x.shape), *params, ceil)
+        scattered = ops._max_pool2d_backward(g, idx, list(x.shape), *params, ceil)
+        bits = getattr(torch, f"int{dtype.itemsize * 8}")
+        assert torch.equal(gathered.view(bits), scattered.view(bits)), (shape, k, ceil)
+        assert_same_layout(gathered, scattered)
+        xt = x.detach().requires_grad_()
+        F.max_pool2d(xt, k, ceil_mode=ceil).backward(g)
+        assert torch.equal(gathered.nan_to_num(), xt.grad.nan_to_num()) and torch.equal(gathered.isnan(), xt.grad.isnan())
+    bad = torch.full((1, 16, 2, 2), 4, dtype=torch.uint8).contiguous(memory_format=layout)
+    with pytest.raises(RuntimeError, match="invalid max index .* or tap"):
+        ops._max_pool2d_backward(torch.randn(1, 16, 2, 2), bad, [1, 16, 4, 4], [2], [], [0], [1], False)
+
+
 def test_taps_empty_window_is_255():
     out, taps = ops.max_pool2d_with_taps(torch.randn(1, 1, 2, 2), [2], [1], [1], [3], False)
     assert (taps[out == float("-inf")] == 255).all() and (taps[out != float("-inf")] < 4).all()

@@ -157,7 +157,7 @@ void col2im_nchw(const T* cols, T* gin, const Conv2dGeom& g) {
           }
         }
       }
-      if (!kDirect) std::copy(plane, plane + HW, gin + c * HW);
+      if (!kDirect) vec8::narrow_copy(plane, gin + c * HW, HW);
     }
   });
 }

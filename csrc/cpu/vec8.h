@@ -11,7 +11,7 @@
 #include <cstring>
 #include <type_traits>
 
-#if defined(__F16C__)
+#if defined(__F16C__) || defined(__SSE4_1__)
 #include <immintrin.h>
 #endif
 
@@ -20,9 +20,16 @@ namespace vec8 {
 
 typedef float f32x8 __attribute__((vector_size(32)));
 typedef int32_t i32x8 __attribute__((vector_size(32)));
+typedef int32_t i32x4 __attribute__((vector_size(16)));
 typedef uint32_t u32x8 __attribute__((vector_size(32)));
 typedef uint16_t u16x8 __attribute__((vector_size(16)));
 typedef uint32_t u32x4 __attribute__((vector_size(16)));
+typedef float f32x4 __attribute__((vector_size(16)));
+typedef uint8_t u8x8 __attribute__((vector_size(8)));
+typedef uint8_t u8x4 __attribute__((vector_size(4)));
+typedef uint16_t u16x4 __attribute__((vector_size(8)));
+typedef uint16_t u16x16 __attribute__((vector_size(32)));
+typedef uint8_t u8x16 __attribute__((vector_size(16)));
 
 // The element types with an eight-float path.
 template <typename T>
@@ -94,6 +101,51 @@ inline f32x8 load(const T* p, int64_t step) {
   }
 }
 
+// p[0], p[0], p[1], p[1], ..., p[3], p[3] as floats (four elements read).
+template <typename T>
+inline f32x8 load_pairs(const T* p) {
+  if constexpr (std::is_same_v<T, float>) {
+    const f32x4 v = load_raw<f32x4>(p);
+    return __builtin_shufflevector(v, v, 0, 0, 1, 1, 2, 2, 3, 3);
+  } else {
+    const u32x4 w = __builtin_convertvector(load_raw<u16x4>(p), u32x4);
+    const u32x8 d = __builtin_shufflevector(w, w, 0, 0, 1, 1, 2, 2, 3, 3);
+    if constexpr (std::is_same_v<T, c10::BFloat16>) {
+      return bits_to_f32(d << 16);
+    } else {
+      return from_half(__builtin_convertvector(d, u16x8));
+    }
+  }
+}
+
+// Eight bytes (or four, each twice) widened to 32-bit lanes.
+inline i32x8 widen(const uint8_t* p) { return __builtin_convertvector(load_raw<u8x8>(p), i32x8); }
+inline i32x8 widen_pairs(const uint8_t* p) {
+#if defined(__SSE4_1__)
+  const __m128i w = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(load_raw<int32_t>(p)));
+  const i32x4 v = load_raw<i32x4>(&w);
+#else
+  const i32x4 v = __builtin_convertvector(load_raw<u8x4>(p), i32x4);
+#endif
+  return __builtin_shufflevector(v, v, 0, 0, 1, 1, 2, 2, 3, 3);
+}
+
+// Sixteen bfloat16 gradients g as static_cast<BFloat16>(0.0f + float(g)), on
+// the bits: -0 becomes +0 and a NaN c10's quiet NaN; other values pass.
+inline u16x16 bf16_plus_zero(u16x16 b) {
+  const u16x16 r = (b == 0x8000) ? u16x16{} : b;
+  return ((b & 0x7FFF) > 0x7F80) ? u16x16{} + 0x7FC0 : r;
+}
+inline u16x16 widen16(const uint8_t* p) { return __builtin_convertvector(load_raw<u8x16>(p), u16x16); }
+inline u16x16 widen16_pairs(const uint8_t* p) {
+  const u16x8 v = __builtin_convertvector(load_raw<u8x8>(p), u16x8);
+  return __builtin_shufflevector(v, v, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+}
+inline u16x16 load16_pairs(const void* p) {
+  const u16x8 v = load_raw<u16x8>(p);
+  return __builtin_shufflevector(v, v, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+}
+
 // Stores eight floats as T, rounding to nearest even (NaN to c10's quiet NaN
 // for bfloat16), as static_cast<T>(float) does.
 template <typename T>
@@ -110,6 +162,16 @@ inline void store(T* p, f32x8 v) {
   } else {
     for (int i = 0; i < 8; ++i) p[i] = static_cast<T>(v[i]);
   }
+}
+
+// dst[i] = static_cast<T>(src[i]) for i < n, eight at a time from float.
+template <typename S, typename T>
+inline void narrow_copy(const S* src, T* dst, int64_t n) {
+  int64_t i = 0;
+  if constexpr (std::is_same_v<S, float> && kSupported<T>) {
+    for (; i + 8 <= n; i += 8) store(dst + i, load<1>(src + i, 1));
+  }
+  for (; i < n; ++i) dst[i] = static_cast<T>(src[i]);
 }
 
 // The max-pool update of max_pool_takes, lane by lane.
