@@ -1,7 +1,9 @@
-// Eight float lanes (one AVX2 register) for the NCHW row sweeps, written with
-// GCC/Clang vector extensions. Loads widen half and bfloat16 exactly and
-// de-interleave stride-2 inputs; stores round as c10's conversions do. The
-// compiler's own vectoriser handles neither reliably (measured 2-9x slower).
+// One AVX2 register of lanes for the CPU pooling loops, written with GCC/Clang
+// vector extensions: eight floats for the NCHW row sweeps (loads widen half
+// and bfloat16 exactly and de-interleave stride-2 inputs; stores round as
+// c10's conversions do), sixteen bfloat16 bit patterns where no arithmetic is
+// needed (the taps backward). The compiler's own vectoriser
+// handles neither reliably (measured 2-9x slower).
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -11,7 +13,7 @@
 #include <cstring>
 #include <type_traits>
 
-#if defined(__F16C__) || defined(__SSE4_1__)
+#if defined(__F16C__)
 #include <immintrin.h>
 #endif
 
@@ -20,14 +22,10 @@ namespace vec8 {
 
 typedef float f32x8 __attribute__((vector_size(32)));
 typedef int32_t i32x8 __attribute__((vector_size(32)));
-typedef int32_t i32x4 __attribute__((vector_size(16)));
 typedef uint32_t u32x8 __attribute__((vector_size(32)));
 typedef uint16_t u16x8 __attribute__((vector_size(16)));
 typedef uint32_t u32x4 __attribute__((vector_size(16)));
-typedef float f32x4 __attribute__((vector_size(16)));
 typedef uint8_t u8x8 __attribute__((vector_size(8)));
-typedef uint8_t u8x4 __attribute__((vector_size(4)));
-typedef uint16_t u16x4 __attribute__((vector_size(8)));
 typedef uint16_t u16x16 __attribute__((vector_size(32)));
 typedef uint8_t u8x16 __attribute__((vector_size(16)));
 
@@ -99,35 +97,6 @@ inline f32x8 load(const T* p, int64_t step) {
     for (int i = 0; i < 8; ++i) v[i] = static_cast<float>(p[i * s]);
     return v;
   }
-}
-
-// p[0], p[0], p[1], p[1], ..., p[3], p[3] as floats (four elements read).
-template <typename T>
-inline f32x8 load_pairs(const T* p) {
-  if constexpr (std::is_same_v<T, float>) {
-    const f32x4 v = load_raw<f32x4>(p);
-    return __builtin_shufflevector(v, v, 0, 0, 1, 1, 2, 2, 3, 3);
-  } else {
-    const u32x4 w = __builtin_convertvector(load_raw<u16x4>(p), u32x4);
-    const u32x8 d = __builtin_shufflevector(w, w, 0, 0, 1, 1, 2, 2, 3, 3);
-    if constexpr (std::is_same_v<T, c10::BFloat16>) {
-      return bits_to_f32(d << 16);
-    } else {
-      return from_half(__builtin_convertvector(d, u16x8));
-    }
-  }
-}
-
-// Eight bytes (or four, each twice) widened to 32-bit lanes.
-inline i32x8 widen(const uint8_t* p) { return __builtin_convertvector(load_raw<u8x8>(p), i32x8); }
-inline i32x8 widen_pairs(const uint8_t* p) {
-#if defined(__SSE4_1__)
-  const __m128i w = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(load_raw<int32_t>(p)));
-  const i32x4 v = load_raw<i32x4>(&w);
-#else
-  const i32x4 v = __builtin_convertvector(load_raw<u8x4>(p), i32x4);
-#endif
-  return __builtin_shufflevector(v, v, 0, 0, 1, 1, 2, 2, 3, 3);
 }
 
 // Sixteen bfloat16 gradients g as static_cast<BFloat16>(0.0f + float(g)), on
