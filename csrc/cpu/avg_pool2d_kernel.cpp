@@ -16,25 +16,37 @@
 namespace poolops {
 namespace {
 
-// The divisor of every output (OH, OW) as a float and, where the quotient
-// equals a multiply (ExactDiv), its inverse; `by_mul` marks the output rows
-// whose inner outputs may all multiply.
+// The windows of every output row and column and the divisor of every output.
+template <typename acc_t>
+struct AvgTables {
+  std::vector<Range> rows, cols;
+  std::vector<ExactDiv<acc_t>> divisors;  // (OH, OW)
+  AvgTables(const Pool2dGeom& g, const AvgPoolOpts& opt) : rows(g.OH), cols(g.OW), divisors(g.OH * g.OW) {
+    std::vector<AvgWindow> wh(g.OH), ww(g.OW);
+    for (int64_t oh = 0; oh < g.OH; ++oh) rows[oh] = (wh[oh] = avg_row_window(oh, g, opt)).taps;
+    for (int64_t ow = 0; ow < g.OW; ++ow) cols[ow] = (ww[ow] = avg_col_window(ow, g, opt)).taps;
+    for (int64_t oh = 0; oh < g.OH; ++oh) {
+      for (int64_t ow = 0; ow < g.OW; ++ow) {
+        divisors[oh * g.OW + ow] = ExactDiv<acc_t>(static_cast<acc_t>(avg_pool_divisor(wh[oh], ww[ow], opt)));
+      }
+    }
+  }
+};
+
+// AvgTables' divisors as separate arrays (eight at a time load into a
+// register); `by_mul` marks the output rows whose inner outputs may all
+// multiply by the inverse (ExactDiv).
 template <typename acc_t>
 struct DivisorPlane {
   std::vector<acc_t> d, inv;
   std::vector<char> by_mul;
-  DivisorPlane(const Pool2dGeom& g, const AvgPoolOpts& opt, Range inner)
+  DivisorPlane(const AvgTables<acc_t>& tab, const Pool2dGeom& g, Range inner)
       : d(g.OH * g.OW), inv(g.OH * g.OW), by_mul(g.OH, 1) {
-    std::vector<AvgWindow> cols(g.OW);
-    for (int64_t ow = 0; ow < g.OW; ++ow) cols[ow] = avg_col_window(ow, g, opt);
-    for (int64_t oh = 0; oh < g.OH; ++oh) {
-      const AvgWindow wh = avg_row_window(oh, g, opt);
-      for (int64_t ow = 0; ow < g.OW; ++ow) {
-        const ExactDiv<acc_t> div(static_cast<acc_t>(avg_pool_divisor(wh, cols[ow], opt)));
-        d[oh * g.OW + ow] = div.d;
-        inv[oh * g.OW + ow] = div.inv;
-        if (ow >= inner.begin && ow < inner.end) by_mul[oh] &= div.by_mul;
-      }
+    for (int64_t i = 0; i < g.OH * g.OW; ++i) {
+      d[i] = tab.divisors[i].d;
+      inv[i] = tab.divisors[i].inv;
+      const int64_t ow = i % g.OW;
+      if (ow >= inner.begin && ow < inner.end) by_mul[i / g.OW] &= tab.divisors[i].by_mul;
     }
   }
 };
@@ -79,7 +91,7 @@ void forward_nchw(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
   constexpr int kV = kVec ? 8 : 128 / sizeof(acc_t);
   const bool phased = kVec && g.sw > 2;
   const Range inner = inner_columns(g);
-  const DivisorPlane<acc_t> div(g, opt, inner);
+  const DivisorPlane<acc_t> div(AvgTables<acc_t>(g, opt), g, inner);
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.OW * g.kh * g.kw));
   at::parallel_for(0, g.N * g.C * g.OH, grain, [&](int64_t begin, int64_t end) {
     auto phase = phase_rows<acc_t>(g, phased);
@@ -110,23 +122,6 @@ void forward_nchw(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
     }
   });
 }
-
-// The windows of every output row and column and the divisor of every output.
-template <typename acc_t>
-struct AvgTables {
-  std::vector<Range> rows, cols;
-  std::vector<ExactDiv<acc_t>> divisors;  // (OH, OW)
-  AvgTables(const Pool2dGeom& g, const AvgPoolOpts& opt) : rows(g.OH), cols(g.OW), divisors(g.OH * g.OW) {
-    std::vector<AvgWindow> wh(g.OH), ww(g.OW);
-    for (int64_t oh = 0; oh < g.OH; ++oh) rows[oh] = (wh[oh] = avg_row_window(oh, g, opt)).taps;
-    for (int64_t ow = 0; ow < g.OW; ++ow) cols[ow] = (ww[ow] = avg_col_window(ow, g, opt)).taps;
-    for (int64_t oh = 0; oh < g.OH; ++oh) {
-      for (int64_t ow = 0; ow < g.OW; ++ow) {
-        divisors[oh * g.OW + ow] = ExactDiv<acc_t>(static_cast<acc_t>(avg_pool_divisor(wh[oh], ww[ow], opt)));
-      }
-    }
-  }
-};
 
 // NHWC: all channels of an output pixel summed together, each in the same
 // row-major tap order as the scalar path, so both layouts agree bit for bit.
