@@ -17,6 +17,20 @@ def distinct(shape, dtype=torch.float64, device="cpu", seed=0):
     return (torch.randperm(n, generator=g).to(dtype) / n - 0.5).reshape(shape).to(device)
 
 
+def specials(shape, seed):
+    """float64 small integers (many ties), signed zeros, NaN and -inf at random places, and a first plane
+    wholly -inf (there the first in-range tap is the argmax)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-2, 3, shape, generator=g).double()
+    zero = x == 0
+    x[zero] = torch.where(torch.rand(shape, generator=g) < 0.5, 0.0, -0.0).double()[zero]
+    r = torch.rand(shape, generator=g)
+    x[r < 0.03] = float("nan")
+    x[r > 0.97] = float("-inf")
+    x[0, 0] = float("-inf")
+    return x
+
+
 def assert_same_layout(actual, expected):
     assert actual.shape == expected.shape
     assert actual.stride() == expected.stride(), (actual.stride(), expected.stride())

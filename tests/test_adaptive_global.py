@@ -6,7 +6,7 @@ import poolops
 import poolops.functional as P
 from poolops import _reference as ref
 
-from common import FLOAT_DTYPES, LAYOUTS, assert_compiled_matches_eager, assert_same_layout, distinct, needs_cuda
+from common import FLOAT_DTYPES, LAYOUTS, assert_compiled_matches_eager, assert_same_layout, distinct, needs_cuda, specials
 
 ops = torch.ops.poolops
 
@@ -55,6 +55,27 @@ def test_adaptive_ties_and_nan():
     x[0, 0, 1, 1] = x[0, 0, 2, 2] = float("nan")
     (m, i), (tm, ti) = P.adaptive_max_pool2d(x, 3, True), F.adaptive_max_pool2d(x, 3, True)
     assert torch.equal(i, ti) and torch.equal(m.isnan(), tm.isnan())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_adaptive_nchw_plane_groups(dtype):
+    """NCHW planes of up to 2048 elements (float, half, bfloat16) are pooled eight planes at a time, a lane per
+    plane (the last group partly empty), and so is global max pooling: NaN (the last wins), +-0 ties (the first
+    wins) and -inf give torch's values, signs and indices; a 50x50 plane and float64 take the per-plane path."""
+    for shape, outs in [((3, 7, 14, 14), [(7, 7), (5, 3), (4, 9)]), ((1, 9, 8, 5), [(3, 2), (8, 5)]),
+                        ((1, 3, 50, 50), [(7, 7)])]:
+        x = specials(shape, shape[-1]).to(dtype)
+        for out in outs:
+            (m, i), (tm, ti) = P.adaptive_max_pool2d(x, out, True), F.adaptive_max_pool2d(x, out, True)
+            assert torch.equal(i, ti), (shape, out)
+            assert torch.equal(m.nan_to_num(), tm.nan_to_num()) and torch.equal(m.signbit(), tm.signbit())
+            finite = x.nan_to_num(0.0, 0.0, 0.0)
+            a, b = P.adaptive_avg_pool2d(finite, out), F.adaptive_avg_pool2d(finite, out)
+            assert torch.equal(a, b) if dtype in (torch.float32, torch.float64) else torch.equal(
+                a, P.adaptive_avg_pool2d(finite.float(), out).to(dtype)), (shape, out)
+        (m, i), (tm, ti) = P.global_max_pool2d(x, True), F.adaptive_max_pool2d(x, 1, True)
+        assert torch.equal(i, ti) and torch.equal(m.nan_to_num(), tm.nan_to_num()), shape
+        assert torch.equal(m.signbit(), tm.signbit())
 
 
 def test_output_size_forms():

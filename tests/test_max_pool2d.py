@@ -10,7 +10,7 @@ import poolops.functional as P
 from poolops import _reference as ref
 from poolops._args import max_pool2d_output_shape
 
-from common import DEVICES, FLOAT_DTYPES, LAYOUTS, assert_same_layout, distinct, needs_cuda
+from common import DEVICES, FLOAT_DTYPES, LAYOUTS, assert_same_layout, distinct, needs_cuda, specials
 
 ops = torch.ops.poolops
 
@@ -235,19 +235,6 @@ def test_reduced_precision_strides_and_wide_rows(dtype, k, s, p, d):
         assert torch.equal(P.max_pool2d(x, k, s, p, d), b)
 
 
-def _specials(shape, dtype, seed):
-    """Small integers (many ties), signed zeros, NaN and -inf at random places."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(-2, 3, shape, generator=g).double()
-    zero = x == 0
-    x[zero] = torch.where(torch.rand(shape, generator=g) < 0.5, 0.0, -0.0).double()[zero]
-    r = torch.rand(shape, generator=g)
-    x[r < 0.03] = float("nan")
-    x[(r > 0.97)] = float("-inf")
-    x[0, 0] = float("-inf")  # whole planes of -inf: the first in-range tap is the argmax
-    return x.to(dtype)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int32])
 @pytest.mark.parametrize("k,s,p,d", [(3, 2, 1, 1), (2, 2, 0, 1), (3, 1, 1, 1), (3, 3, 1, 2), (2, 2, 1, 2), (4, 4, 0, 1)])
 def test_row_sweep_specials(dtype, k, s, p, d):
@@ -257,7 +244,7 @@ def test_row_sweep_specials(dtype, k, s, p, d):
     from poolops._autograd import _taps_to_indices
 
     for W in (16, 23, 40, 61, 150):
-        x = _specials((2, 3, 7, W), torch.float64, W)
+        x = specials((2, 3, 7, W), W)
         if not dtype.is_floating_point:
             x = x.nan_to_num(0, 0, -5)
         x = x.to(dtype)

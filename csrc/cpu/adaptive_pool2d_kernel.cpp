@@ -12,6 +12,7 @@
 
 #include "../pool_args.h"
 #include "cpu_loops.h"
+#include "vec8.h"
 
 namespace poolops {
 namespace {
@@ -73,6 +74,21 @@ void avg_forward(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, bool chann
     });
     return;
   }
+  if constexpr (vec8::kSupported<scalar_t>) {
+    if (g.H * g.W <= kPlaneGroupMaxHW) {
+      const int64_t OHW = g.OH * g.OW;
+      plane_groups(x, g.N * g.C, g.H * g.W, g.H * g.W, [&](const float* block, int64_t p0, int64_t lanes) {
+        for (int64_t oh = 0; oh < g.OH; ++oh) {
+          for (int64_t ow = 0; ow < g.OW; ++ow) {
+            const vec8::f32x8 sum = block_window_sum(block, g.W, win.rows[oh], win.cols[ow]);
+            const vec8::f32x8 v = vec8::divide(vec8::divide(sum, win.kh[oh]), win.kw[ow]);
+            for (int64_t l = 0; l < lanes; ++l) y[(p0 + l) * OHW + oh * g.OW + ow] = static_cast<scalar_t>(v[l]);
+          }
+        }
+      });
+      return;
+    }
+  }
   for_each_output_row(x, g, [&](const scalar_t* plane, int64_t oh, int64_t r) {
     for (int64_t ow = 0; ow < g.OW; ++ow) {
       const acc_t sum = window_sum<scalar_t, acc_t>(plane, g.W, 1, win.rows[oh], win.cols[ow]);
@@ -105,6 +121,25 @@ void max_forward(const scalar_t* x, scalar_t* y, int64_t* idx, const Pool2dGeom&
                                          ahead);
     });
     return;
+  }
+  if constexpr (vec8::kSupported<scalar_t> && std::is_same_v<index_t, int32_t>) {
+    if (g.H * g.W <= kPlaneGroupMaxHW) {
+      const int64_t OHW = g.OH * g.OW;
+      plane_groups(x, g.N * g.C, g.H * g.W, g.H * g.W, [&](const float* block, int64_t p0, int64_t lanes) {
+        for (int64_t oh = 0; oh < g.OH; ++oh) {
+          for (int64_t ow = 0; ow < g.OW; ++ow) {
+            vec8::f32x8 best;
+            vec8::i32x8 arg;
+            block_window_max(block, g.W, win.rows[oh], win.cols[ow], best, arg);  // adaptive windows are never empty
+            for (int64_t l = 0; l < lanes; ++l) {
+              y[(p0 + l) * OHW + oh * g.OW + ow] = static_cast<scalar_t>(best[l]);
+              idx[(p0 + l) * OHW + oh * g.OW + ow] = arg[l];
+            }
+          }
+        }
+      });
+      return;
+    }
   }
   // NCHW with equal windows along W (W % OW == 0): windows of width k at
   // stride k, swept tap by tap across the row, each output still seeing its

@@ -78,6 +78,56 @@ class PhaseRow {
   std::vector<acc_t> buf_;
 };
 
+// NCHW planes too small for row sweeps, eight at a time with a lane per
+// plane: each group of planes is transposed into an (H * W, 8) float block
+// (missing planes of the last group read as 0), and fn(block, p0, lanes)
+// computes the outputs of planes p0 .. p0 + lanes - 1 from it, eight floats
+// per pixel. Float, half and bfloat16 only.
+constexpr int64_t kPlaneGroupMaxHW = 2048;  // a 64 KiB block
+
+template <typename scalar_t, typename Fn>
+void plane_groups(const scalar_t* x, int64_t planes, int64_t HW, int64_t cost_per_plane, const Fn& fn) {
+  const int64_t groups = (planes + 7) / 8;
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, 8 * cost_per_plane));
+  at::parallel_for(0, groups, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> block(HW * 8);
+    for (int64_t gi = begin; gi < end; ++gi) {
+      const int64_t p0 = gi * 8;
+      const int64_t lanes = std::min<int64_t>(8, planes - p0);
+      for (int64_t l = 0; l < 8; ++l) {
+        const scalar_t* src = x + (p0 + l) * HW;
+        for (int64_t i = 0; i < HW; ++i) block[i * 8 + l] = l < lanes ? static_cast<float>(src[i]) : 0.0f;
+      }
+      fn(static_cast<const float*>(block.data()), p0, lanes);
+    }
+  });
+}
+
+// Over the non-empty window rh x rw of a plane_groups block, lane by lane:
+// the max and its index h * W + w (max_pool_takes in row-major order), or
+// the sum in row-major order.
+inline void block_window_max(const float* block, int64_t W, Range rh, Range rw, vec8::f32x8& best,
+                             vec8::i32x8& arg) {
+  best = vec8::broadcast(lowest_value<float>());
+  arg = vec8::broadcast(static_cast<int32_t>(rh.begin * W + rw.begin));
+  for (int64_t h = rh.begin; h < rh.end; ++h) {
+    for (int64_t w = rw.begin; w < rw.end; ++w) {
+      const vec8::f32x8 v = vec8::load<1>(block + (h * W + w) * 8, 1);
+      const vec8::i32x8 take = vec8::takes(v, best);
+      best = take ? v : best;
+      arg = take ? vec8::broadcast(static_cast<int32_t>(h * W + w)) : arg;
+    }
+  }
+}
+
+inline vec8::f32x8 block_window_sum(const float* block, int64_t W, Range rh, Range rw) {
+  vec8::f32x8 sum = vec8::broadcast(0.0f);
+  for (int64_t h = rh.begin; h < rh.end; ++h) {
+    for (int64_t w = rw.begin; w < rw.end; ++w) sum += vec8::load<1>(block + (h * W + w) * 8, 1);
+  }
+  return sum;
+}
+
 // Compile-time input step of a row block's outputs (0: the runtime step).
 template <int kStep>
 using Step = std::integral_constant<int, kStep>;

@@ -143,6 +143,12 @@ inline void narrow_copy(const S* src, T* dst, int64_t n) {
   for (; i < n; ++i) dst[i] = static_cast<T>(src[i]);
 }
 
+// v / d lane by lane, or v * (1 / d) where that is the same quotient (ExactDiv's rule).
+template <typename Div>
+inline f32x8 divide(f32x8 v, const Div& d) {
+  return d.by_mul ? v * d.inv : v / d.d;
+}
+
 // The max-pool update of max_pool_takes, lane by lane.
 inline i32x8 takes(f32x8 v, f32x8 best) { return (v > best) | (v != v); }
 
