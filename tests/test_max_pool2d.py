@@ -207,6 +207,12 @@ def test_window_wholly_in_padding_policy():
     assert empty.any() and (ia[empty] == -1).all() and (ia[~empty] >= 0).all()
     a.sum().backward()
     assert x.grad.sum() == (~empty).sum()
+    x32 = torch.randn(2, 3, 2, 2)  # float32 small planes: eight planes at a time
+    a, ia = P.max_pool2d(x32, 2, 1, 1, 3, return_indices=True)
+    assert torch.equal(a, F.max_pool2d(x32, 2, 1, 1, 3))
+    empty = torch.isinf(a)
+    assert empty.any() and (ia[empty] == -1).all() and (ia[~empty] >= 0).all()
+    assert (ops.max_pool2d_with_taps(x32, [2], [1], [1], [3], False)[1][empty] == 255).all()
     wide = torch.randn(1, 1, 1, 224)  # the issue's own case
     a, ia = P.max_pool2d(wide, (1, 3), (1, 6), (0, 1), (1, 2), return_indices=True)
     assert torch.equal(a, F.max_pool2d(wide, (1, 3), (1, 6), (0, 1), (1, 2)))
@@ -239,11 +245,12 @@ def test_reduced_precision_strides_and_wide_rows(dtype, k, s, p, d):
 @pytest.mark.parametrize("k,s,p,d", [(3, 2, 1, 1), (2, 2, 0, 1), (3, 1, 1, 1), (3, 3, 1, 2), (2, 2, 1, 2), (4, 4, 0, 1)])
 def test_row_sweep_specials(dtype, k, s, p, d):
     """NCHW rows with enough inner outputs are swept a block at a time (eight float lanes for float, half and
-    bfloat16; wider scalar blocks for the rest), the last block overlapping the one before: widths around one
-    and two blocks give torch's values (NaN: the last wins; +-0: the first wins), indices and taps."""
+    bfloat16; wider scalar blocks for the rest), the last block overlapping the one before; planes with shorter
+    rows go eight planes at a time (float, half, bfloat16; six planes here, so the group is part empty). Widths
+    from 5 to 150 give torch's values (NaN: the last wins; +-0: the first wins), indices and taps."""
     from poolops._autograd import _taps_to_indices
 
-    for W in (16, 23, 40, 61, 150):
+    for W in (5, 9, 16, 23, 40, 61, 150):
         x = specials((2, 3, 7, W), W)
         if not dtype.is_floating_point:
             x = x.nan_to_num(0, 0, -5)

@@ -83,7 +83,8 @@ inline void sum_row_vec8(const At& at, int64_t step, int64_t rows, int64_t kw, c
 // summed kV at a time (row_blocks), each in row-major tap order and then
 // divided, as the shared scalar path does for the border outputs and for rows
 // with fewer than kV inner outputs. Float, half and bfloat16 take eight-float
-// blocks; for strides above 2 their rows are phased.
+// blocks (for strides above 2 their rows are phased), and planes whose rows
+// are too short for a block go eight planes at a time (plane_groups).
 template <typename scalar_t>
 void forward_nchw(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const AvgPoolOpts& opt) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -91,7 +92,26 @@ void forward_nchw(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
   constexpr int kV = kVec ? 8 : 128 / sizeof(acc_t);
   const bool phased = kVec && g.sw > 2;
   const Range inner = inner_columns(g);
-  const DivisorPlane<acc_t> div(AvgTables<acc_t>(g, opt), g, inner);
+  const AvgTables<acc_t> tab(g, opt);
+  if constexpr (kVec) {
+    if (inner.end - inner.begin < kV && g.H * g.W <= kPlaneGroupMaxHW) {  // rows too short: a lane per plane
+      const int64_t OHW = g.OH * g.OW;
+      plane_groups(x, g.N * g.C, g.H * g.W, OHW * g.kh * g.kw, [&](const float* block, int64_t p0, int64_t lanes) {
+        for (int64_t oh = 0; oh < g.OH; ++oh) {
+          for (int64_t ow = 0; ow < g.OW; ++ow) {
+            const Range rh = tab.rows[oh], rw = tab.cols[ow];
+            vec8::f32x8 v = vec8::broadcast(0.0f);
+            if (!rh.empty() && !rw.empty()) {
+              v = vec8::divide(block_window_sum(block, g.W, rh, rw, g.dh, g.dw), tab.divisors[oh * g.OW + ow]);
+            }
+            for (int64_t l = 0; l < lanes; ++l) y[(p0 + l) * OHW + oh * g.OW + ow] = static_cast<scalar_t>(v[l]);
+          }
+        }
+      });
+      return;
+    }
+  }
+  const DivisorPlane<acc_t> div(tab, g, inner);
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.OW * g.kh * g.kw));
   at::parallel_for(0, g.N * g.C * g.OH, grain, [&](int64_t begin, int64_t end) {
     auto phase = phase_rows<acc_t>(g, phased);

@@ -103,15 +103,15 @@ void plane_groups(const scalar_t* x, int64_t planes, int64_t HW, int64_t cost_pe
   });
 }
 
-// Over the non-empty window rh x rw of a plane_groups block, lane by lane:
-// the max and its index h * W + w (max_pool_takes in row-major order), or
-// the sum in row-major order.
+// Over the non-empty window rh x rw (taps dh and dw apart) of a plane_groups
+// block, lane by lane: the max and its index h * W + w (max_pool_takes in
+// row-major order), or the sum in row-major order.
 inline void block_window_max(const float* block, int64_t W, Range rh, Range rw, vec8::f32x8& best,
-                             vec8::i32x8& arg) {
+                             vec8::i32x8& arg, int64_t dh = 1, int64_t dw = 1) {
   best = vec8::broadcast(lowest_value<float>());
   arg = vec8::broadcast(static_cast<int32_t>(rh.begin * W + rw.begin));
-  for (int64_t h = rh.begin; h < rh.end; ++h) {
-    for (int64_t w = rw.begin; w < rw.end; ++w) {
+  for (int64_t h = rh.begin; h < rh.end; h += dh) {
+    for (int64_t w = rw.begin; w < rw.end; w += dw) {
       const vec8::f32x8 v = vec8::load<1>(block + (h * W + w) * 8, 1);
       const vec8::i32x8 take = vec8::takes(v, best);
       best = take ? v : best;
@@ -120,10 +120,11 @@ inline void block_window_max(const float* block, int64_t W, Range rh, Range rw, 
   }
 }
 
-inline vec8::f32x8 block_window_sum(const float* block, int64_t W, Range rh, Range rw) {
+inline vec8::f32x8 block_window_sum(const float* block, int64_t W, Range rh, Range rw, int64_t dh = 1,
+                                    int64_t dw = 1) {
   vec8::f32x8 sum = vec8::broadcast(0.0f);
-  for (int64_t h = rh.begin; h < rh.end; ++h) {
-    for (int64_t w = rw.begin; w < rw.end; ++w) sum += vec8::load<1>(block + (h * W + w) * 8, 1);
+  for (int64_t h = rh.begin; h < rh.end; h += dh) {
+    for (int64_t w = rw.begin; w < rw.end; w += dw) sum += vec8::load<1>(block + (h * W + w) * 8, 1);
   }
   return sum;
 }

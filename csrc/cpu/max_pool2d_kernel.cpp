@@ -75,7 +75,9 @@ inline void max_row_vec8(const At& at, int64_t step, int64_t rows, int64_t kw, i
 // NCHW: one task per output row. Outputs whose window lies inside [0, W) are
 // swept kV at a time (row_blocks); the border outputs, and rows with fewer
 // than kV such outputs, use the shared scalar scan. Float, half and bfloat16
-// take eight-float blocks; for strides above 2 their rows are phased.
+// take eight-float blocks (for strides above 2 their rows are phased), and
+// planes whose rows are too short for a block go eight planes at a time, a
+// lane per plane (plane_groups).
 template <typename scalar_t, typename index_t, typename out_t, bool kIdx>
 void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& g) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -85,6 +87,27 @@ void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
   const bool phased = kVec && g.sw > 2;
   const Range inner = inner_columns(g);
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.OW * g.kh * g.kw));
+  if constexpr (kVec) {
+    if (inner.end - inner.begin < kV && g.H * g.W <= kPlaneGroupMaxHW) {  // rows too short: a lane per plane
+      const int64_t OHW = g.OH * g.OW;
+      plane_groups(x, g.N * g.C, g.H * g.W, OHW * g.kh * g.kw, [&](const float* block, int64_t p0, int64_t lanes) {
+        for (int64_t oh = 0; oh < g.OH; ++oh) {
+          const Range rh = max_pool_taps(oh, g.H, g.kh, g.sh, g.ph, g.dh);
+          for (int64_t ow = 0; ow < g.OW; ++ow) {
+            const Range rw = max_pool_taps(ow, g.W, g.kw, g.sw, g.pw, g.dw);
+            vec8::f32x8 best = vec8::broadcast(lowest_value<float>());
+            vec8::i32x8 arg = vec8::broadcast(-1);
+            if (!rh.empty() && !rw.empty()) block_window_max(block, g.W, rh, rw, best, arg, g.dh, g.dw);
+            for (int64_t l = 0; l < lanes; ++l) {
+              y[(p0 + l) * OHW + oh * g.OW + ow] = static_cast<scalar_t>(best[l]);
+              if (kIdx) idx[(p0 + l) * OHW + oh * g.OW + ow] = max_pool_store<out_t>(arg[l], oh, ow, g);
+            }
+          }
+        }
+      });
+      return;
+    }
+  }
   const index_t row_step = static_cast<index_t>(kTaps ? g.kw : g.dh * g.W);
   const index_t tap_step = static_cast<index_t>(kTaps ? 1 : g.dw);
   const index_t out_step = static_cast<index_t>(g.sw);
