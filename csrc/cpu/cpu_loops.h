@@ -94,9 +94,15 @@ void plane_groups(const scalar_t* x, int64_t planes, int64_t HW, int64_t cost_pe
     for (int64_t gi = begin; gi < end; ++gi) {
       const int64_t p0 = gi * 8;
       const int64_t lanes = std::min<int64_t>(8, planes - p0);
-      for (int64_t l = 0; l < 8; ++l) {
-        const scalar_t* src = x + (p0 + l) * HW;
-        for (int64_t i = 0; i < HW; ++i) block[i * 8 + l] = l < lanes ? static_cast<float>(src[i]) : 0.0f;
+      int64_t i = 0;
+      for (; i + 8 <= HW; i += 8) {  // 8x8 tiles transposed in registers
+        vec8::f32x8 tile[8];
+        for (int64_t l = 0; l < 8; ++l) tile[l] = l < lanes ? vec8::load<1>(x + (p0 + l) * HW + i, 1) : vec8::f32x8{};
+        vec8::transpose8(tile);
+        for (int64_t k = 0; k < 8; ++k) std::memcpy(block.data() + (i + k) * 8, &tile[k], sizeof(tile[k]));
+      }
+      for (; i < HW; ++i) {
+        for (int64_t l = 0; l < 8; ++l) block[i * 8 + l] = l < lanes ? static_cast<float>(x[(p0 + l) * HW + i]) : 0.0f;
       }
       fn(static_cast<const float*>(block.data()), p0, lanes);
     }
