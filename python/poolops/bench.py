@@ -145,7 +145,9 @@ def _first(y):
 
 
 def _median_ms(fn, min_run_time):
-    return Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median * 1e3
+    # Timer runs on one thread unless told otherwise: measure with the threads the header reports.
+    timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
 def _paired_ms(mine, theirs, min_run_time, rounds=2):
