@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <limits>
 #include <type_traits>
+#include <vector>
 
 #include "../pool_args.h"
 #include "cpu_loops.h"
@@ -90,11 +91,14 @@ void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
   if constexpr (kVec) {
     if (inner.end - inner.begin < kV && g.H * g.W <= kPlaneGroupMaxHW) {  // rows too short: a lane per plane
       const int64_t OHW = g.OH * g.OW;
+      std::vector<Range> rows(g.OH), cols(g.OW);  // the windows, once for all groups
+      for (int64_t oh = 0; oh < g.OH; ++oh) rows[oh] = max_pool_taps(oh, g.H, g.kh, g.sh, g.ph, g.dh);
+      for (int64_t ow = 0; ow < g.OW; ++ow) cols[ow] = max_pool_taps(ow, g.W, g.kw, g.sw, g.pw, g.dw);
       plane_groups(x, g.N * g.C, g.H * g.W, OHW * g.kh * g.kw, [&](const float* block, int64_t p0, int64_t lanes) {
         for (int64_t oh = 0; oh < g.OH; ++oh) {
-          const Range rh = max_pool_taps(oh, g.H, g.kh, g.sh, g.ph, g.dh);
+          const Range rh = rows[oh];
           for (int64_t ow = 0; ow < g.OW; ++ow) {
-            const Range rw = max_pool_taps(ow, g.W, g.kw, g.sw, g.pw, g.dw);
+            const Range rw = cols[ow];
             vec8::f32x8 best = vec8::broadcast(lowest_value<float>());
             vec8::i32x8 arg = vec8::broadcast(-1);
             if (!rh.empty() && !rw.empty()) block_window_max(block, g.W, rh, rw, best, arg, g.dh, g.dw);
