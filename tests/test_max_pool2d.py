@@ -520,6 +520,40 @@ def test_tiling_windows_backward_gathers(dtype, layout):
         ops._max_pool2d_backward(torch.randn(1, 16, 2, 2), bad, [1, 16, 4, 4], [2], [], [0], [1], False)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_overlapping_windows_nhwc_backward_gathers(dtype):
+    """Channels-last taps backward with up to 9 windows spanning an input (3/2/1, 3/1/1, dilated, 'same'-like
+    asymmetric padding, ceil mode): a gather over the spanning outputs, 32 and 8 channels a register and a scalar
+    tail, bit for bit the int64 scatter and torch. Wider overlaps (5/1) keep the scatter; both paths agree."""
+    cases = [((2, 37, 11, 13), [3], [2], [1], [1], False), ((1, 13, 9, 10), [3], [1], [1], [1], False),
+             ((2, 40, 12, 9), [3], [2], [1], [2], True), ((1, 8, 7, 8), [2, 3], [2, 1], [0, 1], [1], True),
+             ((1, 9, 10, 11), [3], [2], [0, 1, 1, 0], [1], False), ((1, 5, 8, 8), [5], [1], [2], [1], False)]
+    for i, (shape, *params, ceil) in enumerate(cases):
+        x = specials(shape, seed=i).to(dtype).contiguous(memory_format=torch.channels_last)
+        out, taps = ops.max_pool2d_with_taps(x, *params, ceil)
+        _, idx = ops.max_pool2d_with_indices(x, *params, ceil)
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(i))
+        g.view(-1)[::7] = -0.0
+        g.view(-1)[3::11] = float("nan")
+        g = g.to(dtype).contiguous(memory_format=torch.channels_last)
+        gathered = ops._max_pool2d_backward(g, taps, list(x.shape), *params, ceil)
+        scattered = ops._max_pool2d_backward(g, idx, list(x.shape), *params, ceil)
+        bits = getattr(torch, f"int{dtype.itemsize * 8}")
+        assert torch.equal(gathered.view(bits), scattered.view(bits)), (shape, params, ceil)
+        assert_same_layout(gathered, scattered)
+        if len(params[2]) == 1:  # torch adds half/bf16 gradients in half/bf16; poolops in float, rounding once
+            k, s, p, d = params
+            wide = torch.float64 if dtype == torch.float64 else torch.float32
+            xt = x.detach().to(wide).requires_grad_()
+            F.max_pool2d(xt, k, s, p, d, ceil).backward(g.to(wide))
+            expected = xt.grad.to(dtype)
+            assert torch.equal(gathered.nan_to_num(), expected.nan_to_num())
+            assert torch.equal(gathered.isnan(), expected.isnan())
+    bad = torch.full((1, 16, 2, 2), 9, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(RuntimeError, match="invalid max index .* or tap \\(not below 9"):
+        ops._max_pool2d_backward(torch.randn(1, 16, 2, 2), bad, [1, 16, 4, 4], [3], [2], [1], [1], False)
+
+
 def test_taps_empty_window_is_255():
     out, taps = ops.max_pool2d_with_taps(torch.randn(1, 1, 2, 2), [2], [1], [1], [3], False)
     assert (taps[out == float("-inf")] == 255).all() and (taps[out != float("-inf")] < 4).all()

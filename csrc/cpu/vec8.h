@@ -1,5 +1,6 @@
 // One AVX2 register of lanes for the CPU pooling loops, written with GCC/Clang
-// vector extensions: eight floats for the NCHW row sweeps (loads widen half
+// vector extensions (intrinsics only for F16C's half conversion and AVX2's
+// byte widening): eight floats for the NCHW row sweeps (loads widen half
 // and bfloat16 exactly and de-interleave stride-2 inputs; stores round as
 // c10's conversions do), sixteen bfloat16 bit patterns where no arithmetic is
 // needed (the taps backward). The compiler's own vectoriser
@@ -13,7 +14,7 @@
 #include <cstring>
 #include <type_traits>
 
-#if defined(__F16C__)
+#if defined(__F16C__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -28,6 +29,7 @@ typedef uint32_t u32x4 __attribute__((vector_size(16)));
 typedef uint8_t u8x8 __attribute__((vector_size(8)));
 typedef uint16_t u16x16 __attribute__((vector_size(32)));
 typedef uint8_t u8x16 __attribute__((vector_size(16)));
+typedef uint8_t u8x32 __attribute__((vector_size(32)));
 
 // The element types with an eight-float path.
 template <typename T>
@@ -105,6 +107,17 @@ inline u16x16 bf16_plus_zero(u16x16 b) {
   const u16x16 r = (b == 0x8000) ? u16x16{} : b;
   return ((b & 0x7FFF) > 0x7F80) ? u16x16{} + 0x7FC0 : r;
 }
+// Eight bytes p[0..7], zero-extended (the compiler's own conversion goes through scalar registers).
+inline i32x8 widen8(const uint8_t* p) {
+#if defined(__AVX2__)
+  const __m256i w = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  i32x8 v;
+  std::memcpy(&v, &w, sizeof(v));
+  return v;
+#else
+  return __builtin_convertvector(load_raw<u8x8>(p), i32x8);
+#endif
+}
 inline u16x16 widen16(const uint8_t* p) { return __builtin_convertvector(load_raw<u8x16>(p), u16x16); }
 inline u16x16 widen16_pairs(const uint8_t* p) {
   const u16x8 v = __builtin_convertvector(load_raw<u8x8>(p), u16x8);
@@ -147,6 +160,13 @@ inline void store(T* p, f32x8 v) {
     const u32x8 out = (v != v) ? u32x8{} + 0x7FC0 : rounded;
     const u16x8 h = __builtin_convertvector(out, u16x8);
     std::memcpy(p, &h, sizeof(h));
+#if defined(__F16C__)
+  } else if constexpr (std::is_same_v<T, c10::Half>) {  // c10's own conversion under F16C
+    __m256 f;
+    std::memcpy(&f, &v, sizeof(f));
+    const __m128i h = _mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT);
+    std::memcpy(p, &h, sizeof(h));
+#endif
   } else {
     for (int i = 0; i < 8; ++i) p[i] = static_cast<T>(v[i]);
   }

@@ -7,6 +7,15 @@ from ._args import top_left_padding
 _ops = torch.ops.poolops
 
 
+def _below_autograd(op, *args):
+    """op(*args). A first-order backward records no graph: its backward ops then
+    skip their own (Python) autograd layer, as a native backward would."""
+    if torch.is_grad_enabled():
+        return op(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
 def _gather_at_indices(t: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """t[..., indices] per plane: the max pool of t with the given argmax.
     Index -1 (a window with no input element) gathers 0."""
@@ -25,7 +34,7 @@ def _mp_setup(ctx, inputs, output):
 
 def _mp_backward(ctx, grad_out, _grad_indices):
     (indices,) = ctx.saved_tensors
-    grad = _ops._max_pool2d_backward(grad_out, indices, ctx.input_size, *ctx.params)
+    grad = _below_autograd(_ops._max_pool2d_backward.default, grad_out, indices, ctx.input_size, *ctx.params)
     return grad, None, None, None, None, None
 
 
@@ -59,8 +68,9 @@ def _mp_values_setup(ctx, inputs, output):
 
 def _mp_values_backward(ctx, grad_out):
     (x,) = ctx.saved_tensors
-    _, indices = _ops.max_pool2d_with_indices(x, *ctx.params)
-    grad = _ops._max_pool2d_backward(grad_out, indices, x.shape, *ctx.params)
+    with torch.no_grad():
+        _, indices = _ops.max_pool2d_with_indices(x, *ctx.params)
+    grad = _below_autograd(_ops._max_pool2d_backward.default, grad_out, indices, x.shape, *ctx.params)
     return grad, None, None, None, None, None
 
 
@@ -92,7 +102,7 @@ def _ap_setup(ctx, inputs, output):
 
 
 def _ap_backward(ctx, grad_out):
-    return (_ops._avg_pool2d_backward(grad_out, ctx.input_size, *ctx.params),) + (None,) * len(ctx.params)
+    return (_below_autograd(_ops._avg_pool2d_backward.default, grad_out, ctx.input_size, *ctx.params),) + (None,) * len(ctx.params)
 
 
 torch.library.register_autograd("poolops::avg_pool2d", _ap_backward, setup_context=_ap_setup)
@@ -115,7 +125,7 @@ def _aap_setup(ctx, inputs, output):
 
 
 def _aap_backward(ctx, grad_out):
-    return _ops._adaptive_avg_pool2d_backward(grad_out, ctx.input_size), None
+    return _below_autograd(_ops._adaptive_avg_pool2d_backward.default, grad_out, ctx.input_size), None
 
 
 torch.library.register_autograd("poolops::adaptive_avg_pool2d", _aap_backward, setup_context=_aap_setup)
@@ -134,7 +144,7 @@ torch.library.register_autograd("poolops::_adaptive_avg_pool2d_backward", _aap_b
 
 
 def _gap_backward(ctx, grad_out):
-    return _ops._global_avg_pool2d_backward(grad_out, ctx.input_size)
+    return _below_autograd(_ops._global_avg_pool2d_backward.default, grad_out, ctx.input_size)
 
 
 torch.library.register_autograd("poolops::global_avg_pool2d", _gap_backward, setup_context=_aap_setup)
@@ -157,7 +167,7 @@ def _amp_setup(ctx, inputs, output):
 
 def _amp_backward(ctx, grad_out, _grad_indices):
     (indices,) = ctx.saved_tensors
-    return _ops._adaptive_max_pool2d_backward(grad_out, indices, ctx.input_size), None
+    return _below_autograd(_ops._adaptive_max_pool2d_backward.default, grad_out, indices, ctx.input_size), None
 
 
 torch.library.register_autograd("poolops::adaptive_max_pool2d", _amp_backward, setup_context=_amp_setup)
@@ -165,7 +175,7 @@ torch.library.register_autograd("poolops::adaptive_max_pool2d", _amp_backward, s
 
 def _gmp_backward(ctx, grad_out, _grad_indices):
     (indices,) = ctx.saved_tensors
-    return _ops._global_max_pool2d_backward(grad_out, indices, ctx.input_size)
+    return _below_autograd(_ops._global_max_pool2d_backward.default, grad_out, indices, ctx.input_size)
 
 
 torch.library.register_autograd("poolops::global_max_pool2d", _gmp_backward, setup_context=_amp_setup)
@@ -195,8 +205,8 @@ def _conv_setup(ctx, inputs, output):
 def _conv_backward(ctx, grad_out):
     x, weight = ctx.saved_tensors
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
-    gx = _ops._conv2d_backward_input(grad_out, weight, x.shape, *ctx.params) if need_x else None
-    gw = _ops._conv2d_backward_weight(grad_out, x, weight.shape, *ctx.params) if need_w else None
+    gx = _below_autograd(_ops._conv2d_backward_input.default, grad_out, weight, x.shape, *ctx.params) if need_x else None
+    gw = _below_autograd(_ops._conv2d_backward_weight.default, grad_out, x, weight.shape, *ctx.params) if need_w else None
     gb = grad_out.sum((0, 2, 3)) if ctx.has_bias and need_b else None
     return gx, gw, gb, None, None, None, None
 
