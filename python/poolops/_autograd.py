@@ -102,7 +102,8 @@ def _ap_setup(ctx, inputs, output):
 
 
 def _ap_backward(ctx, grad_out):
-    return (_below_autograd(_ops._avg_pool2d_backward.default, grad_out, ctx.input_size, *ctx.params),) + (None,) * len(ctx.params)
+    grad = _below_autograd(_ops._avg_pool2d_backward.default, grad_out, ctx.input_size, *ctx.params)
+    return (grad,) + (None,) * len(ctx.params)
 
 
 torch.library.register_autograd("poolops::avg_pool2d", _ap_backward, setup_context=_ap_setup)
@@ -205,8 +206,11 @@ def _conv_setup(ctx, inputs, output):
 def _conv_backward(ctx, grad_out):
     x, weight = ctx.saved_tensors
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
-    gx = _below_autograd(_ops._conv2d_backward_input.default, grad_out, weight, x.shape, *ctx.params) if need_x else None
-    gw = _below_autograd(_ops._conv2d_backward_weight.default, grad_out, x, weight.shape, *ctx.params) if need_w else None
+    gx = gw = None
+    if need_x:
+        gx = _below_autograd(_ops._conv2d_backward_input.default, grad_out, weight, x.shape, *ctx.params)
+    if need_w:
+        gw = _below_autograd(_ops._conv2d_backward_weight.default, grad_out, x, weight.shape, *ctx.params)
     gb = grad_out.sum((0, 2, 3)) if ctx.has_bias and need_b else None
     return gx, gw, gb, None, None, None, None
 
