@@ -351,16 +351,23 @@ void backward_nchw(const scalar_t* gout, const stored_t* idx, scalar_t* gin, con
       std::fill(acc, acc + HW, acc_t(0));
       const stored_t* ip = idx + t * OHW;
       const scalar_t* gp = gout + t * OHW;
-      for (int64_t oh = 0; oh < g.OH; ++oh, ip += g.OW, gp += g.OW) {
-        const int64_t row = decode.origin(oh, 0);
-        for (int64_t ow = 0; ow < g.OW; ++ow) {
-          const int64_t i = decode(ip[ow], row + ow * g.sw);
-          if (static_cast<uint64_t>(i) < static_cast<uint64_t>(HW)) {
-            acc[i] += static_cast<acc_t>(gp[ow]);
+      // Outputs o .. o + n - 1 of one plane, their window origins `step` apart from `origin`.
+      const auto add = [&](const stored_t* ip, const scalar_t* gp, int64_t n, int64_t origin, int64_t step) {
+        for (int64_t o = 0; o < n; ++o) {
+          const int64_t i = decode(ip[o], origin + o * step);
+          const bool in = static_cast<uint64_t>(i) < static_cast<uint64_t>(HW);
+          const acc_t v = static_cast<acc_t>(gp[o]);
+          if (__builtin_expect(in, 1)) {
+            acc[i] += v;
           } else {
-            found_bad |= decode.bad(ip[ow]);
+            found_bad |= decode.bad(ip[o]);
           }
         }
+      };
+      if constexpr (ArgmaxDecoder<stored_t>::kTaps) {
+        for (int64_t oh = 0; oh < g.OH; ++oh) add(ip + oh * g.OW, gp + oh * g.OW, g.OW, decode.origin(oh, 0), g.sw);
+      } else {
+        add(ip, gp, OHW, 0, 0);  // an index needs no origin: one flat loop over the plane
       }
       if (!kDirect) vec8::narrow_copy(acc, gin + t * HW, HW);
     }

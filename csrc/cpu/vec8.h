@@ -147,26 +147,38 @@ inline void transpose8(f32x8 (&r)[8]) {
   }
 }
 
-// Stores eight floats as T, rounding to nearest even (NaN to c10's quiet NaN
-// for bfloat16), as static_cast<T>(float) does.
+// Eight floats as T's bits (f32x8 or u16x8), rounding to nearest even (NaN to
+// c10's quiet NaN for bfloat16), as static_cast<T>(float) does.
 template <typename T>
-inline void store(T* p, f32x8 v) {
+inline auto narrow(f32x8 v) {
   if constexpr (std::is_same_v<T, float>) {
-    std::memcpy(p, &v, sizeof(v));
+    return v;
   } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
     u32x8 u;
     std::memcpy(&u, &v, sizeof(u));
     const u32x8 rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16;
     const u32x8 out = (v != v) ? u32x8{} + 0x7FC0 : rounded;
-    const u16x8 h = __builtin_convertvector(out, u16x8);
-    std::memcpy(p, &h, sizeof(h));
+    return __builtin_convertvector(out, u16x8);
+  } else {
+    static_assert(std::is_same_v<T, c10::Half>);
+    u16x8 h;
 #if defined(__F16C__)
-  } else if constexpr (std::is_same_v<T, c10::Half>) {  // c10's own conversion under F16C
-    __m256 f;
+    __m256 f;  // c10's own conversion under F16C
     std::memcpy(&f, &v, sizeof(f));
-    const __m128i h = _mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT);
-    std::memcpy(p, &h, sizeof(h));
+    const __m128i r = _mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT);
+    std::memcpy(&h, &r, sizeof(h));
+#else
+    for (int i = 0; i < 8; ++i) h[i] = static_cast<T>(v[i]).x;
 #endif
+    return h;
+  }
+}
+
+template <typename T>
+inline void store(T* p, f32x8 v) {
+  if constexpr (kSupported<T>) {
+    const auto bits = narrow<T>(v);
+    std::memcpy(p, &bits, sizeof(bits));
   } else {
     for (int i = 0; i < 8; ++i) p[i] = static_cast<T>(v[i]);
   }
