@@ -619,9 +619,6 @@ template <typename scalar_t, typename stored_t>
 void argmax_backward(const scalar_t* gout, const stored_t* idx, scalar_t* gin, const Pool2dGeom& g,
                      bool channels_last, const char* op, bool taps_allowed = false) {
   std::atomic<bool> bad{false};
-  // A gather reads every output spanning an input: at most 9 (3x3 windows at stride 1, where it
-  // measured 0.7x the scatter's time); beyond that the scatter is kept.
-  const bool few_spanning = ((g.kh + g.sh - 1) / g.sh) * ((g.kw + g.sw - 1) / g.sw) <= 9;
   bool done = false;
   if constexpr (std::is_same_v<stored_t, uint8_t> && std::is_same_v<scalar_t, c10::BFloat16>) {
     if (windows_tile(g)) {
@@ -630,6 +627,10 @@ void argmax_backward(const scalar_t* gout, const stored_t* idx, scalar_t* gin, c
     }
   }
   if constexpr (std::is_same_v<stored_t, uint8_t> && vec8::kSupported<scalar_t>) {
+    // A gather reads every output spanning an input: at most 9 (3x3 windows at stride 1, where it
+    // measured 0.7x the scatter's time); beyond that the scatter is kept. (Taps imply a max pool's
+    // geometry: adaptive pools, with no kernel or stride, store int64 indices.)
+    const bool few_spanning = ((g.kh + g.sh - 1) / g.sh) * ((g.kw + g.sw - 1) / g.sw) <= 9;
     if (!done && channels_last && few_spanning) {
       nhwc_taps_backward(gout, idx, gin, g, bad);
       done = true;
