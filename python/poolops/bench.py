@@ -321,12 +321,20 @@ def main(argv=None):
 
     jobs = [(c, dev, dt, lay, mode) for dev in devices for c in selected for lay in layouts for dt in dtypes
             for mode in passes if mode == "forward" or c.backward]
-    copy_gbps = {dev: copy_bandwidth(dev, min_run_time) for dev in devices}
+    # The copy bandwidth is taken at the start, halfway and at the end, and the median kept: on a shared
+    # machine one reading alone has come out at twice the others.
+    copy_samples = {dev: [copy_bandwidth(dev, min_run_time)] for dev in devices}
     rows = []
     for n, (c, dev, dt, lay, mode) in enumerate(jobs, 1):
         print(f"[{n}/{len(jobs)}] {dev} {c.op} {mode} {c.name} {tuple(c.shape)} "
               f"{'NHWC' if lay == torch.channels_last else 'NCHW'} {str(dt)[6:]}", file=sys.stderr, flush=True)
         rows.append(run_case(c, dev, dt, lay, mode, min_run_time))
+        if n == len(jobs) // 2:
+            for d in devices:
+                copy_samples[d].append(copy_bandwidth(d, min_run_time))
+    for dev in devices:
+        copy_samples[dev].append(copy_bandwidth(dev, min_run_time))
+    copy_gbps = {dev: sorted(v)[len(v) // 2] for dev, v in copy_samples.items()}
     sweep_rows = []
     if not args.no_sweep and (not wanted or "max_pool2d" in wanted):
         for dev in devices:
@@ -337,6 +345,7 @@ def main(argv=None):
                 poolops=poolops.__version__, python=platform.python_version(), machine=platform.machine(),
                 cpu=_cpu_name(), threads=torch.get_num_threads(),
                 gpu=torch.cuda.get_device_name() if "cuda" in devices else None, copy_gbps=copy_gbps,
+                copy_gbps_samples=copy_samples,
                 env={k: os.environ[k] for k in ("THP_MEM_ALLOC_ENABLE", "POOLOPS_HUGEPAGES", "POOLOPS_GEMM")
                      if k in os.environ})
     prefix = args.out or os.path.join("benchmarks", "results", f"latest-{'-'.join(devices)}")
@@ -346,7 +355,8 @@ def main(argv=None):
         json.dump(dict(meta=meta, results=rows, sweep=sweep_rows), f, indent=1)
     header = (f"poolops {poolops.__version__} vs torch {torch.__version__}, {meta['date']}; {meta['cpu']}, "
               f"{meta['threads']} CPU threads" + (f"; {meta['gpu']}" if meta["gpu"] else "") + "; copy bandwidth "
-              + ", ".join(f"{d} {g:.1f} GB/s" for d, g in copy_gbps.items())
+              + ", ".join(f"{d} {g:.1f} GB/s (median of {', '.join(f'{v:.1f}' for v in copy_samples[d])})"
+                          for d, g in copy_gbps.items())
               + "".join(f"; {k}={v}" for k, v in meta["env"].items()))
     faster = sum(r["speedup"] >= 1.0 for r in rows)
     header += f"\n\npoolops at least as fast as torch in {faster} of {len(rows)} rows."
