@@ -523,11 +523,13 @@ def test_tiling_windows_backward_gathers(dtype, layout):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 def test_overlapping_windows_nhwc_backward_gathers(dtype):
     """Channels-last taps backward with up to 9 windows spanning an input (3/2/1, 3/1/1, dilated, 'same'-like
-    asymmetric padding, ceil mode): a gather over the spanning outputs, 32 and 8 channels a register and a scalar
-    tail, bit for bit the int64 scatter and torch. Wider overlaps (5/1) keep the scatter; both paths agree."""
+    asymmetric padding, ceil mode, gaps between windows): a gather over the spanning outputs, 32 and 8 channels a
+    register and a scalar tail, bit for bit the int64 scatter and torch. Wider overlaps (5/1) keep the scatter; both
+    paths agree."""
     cases = [((2, 37, 11, 13), [3], [2], [1], [1], False), ((1, 13, 9, 10), [3], [1], [1], [1], False),
              ((2, 40, 12, 9), [3], [2], [1], [2], True), ((1, 8, 7, 8), [2, 3], [2, 1], [0, 1], [1], True),
-             ((1, 9, 10, 11), [3], [2], [0, 1, 1, 0], [1], False), ((1, 5, 8, 8), [5], [1], [2], [1], False)]
+             ((1, 9, 10, 11), [3], [2], [0, 1, 1, 0], [1], False), ((1, 5, 8, 8), [5], [1], [2], [1], False),
+             ((2, 11, 10, 11), [2], [3], [0], [1], True)]  # stride past the kernel: inputs no window holds
     for i, (shape, *params, ceil) in enumerate(cases):
         x = specials(shape, seed=i).to(dtype).contiguous(memory_format=torch.channels_last)
         out, taps = ops.max_pool2d_with_taps(x, *params, ceil)
