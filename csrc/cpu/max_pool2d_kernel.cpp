@@ -56,7 +56,6 @@ template <int kStep, bool kIdx, bool kTaps, typename At, typename scalar_t, type
 inline void max_row_vec8(const At& at, int64_t step, int64_t rows, int64_t kw, int32_t first, int32_t row_step,
                          int32_t tap_step, int32_t out_step, scalar_t* y, out_t* idx) {
   using namespace vec8;
-  const i32x8 lane = kTaps ? i32x8{} : iota() * out_step;
   f32x8 best = broadcast(lowest_value<float>());
   if constexpr (!kIdx) {
     // Values only: the largest non-NaN value (ties keep the first, one vmaxps a tap) and the last NaN
@@ -72,6 +71,7 @@ inline void max_row_vec8(const At& at, int64_t step, int64_t rows, int64_t kw, i
     store(y, last_nan != last_nan ? last_nan : best);
     return;
   }
+  const i32x8 lane = kTaps ? i32x8{} : iota() * out_step;
   i32x8 arg = first + lane;
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t t = 0; t < kw; ++t) {
