@@ -323,17 +323,21 @@ def main(argv=None):
             for mode in passes if mode == "forward" or c.backward]
     # The copy bandwidth is taken at the start, halfway and at the end, and the median kept: on a shared
     # machine one reading alone has come out at twice the others.
-    copy_samples = {dev: [copy_bandwidth(dev, min_run_time)] for dev in devices}
+    copy_samples = {dev: [] for dev in devices}
+
+    def sample_copy():
+        for d in devices:
+            copy_samples[d].append(copy_bandwidth(d, min_run_time))
+
+    sample_copy()
     rows = []
     for n, (c, dev, dt, lay, mode) in enumerate(jobs, 1):
         print(f"[{n}/{len(jobs)}] {dev} {c.op} {mode} {c.name} {tuple(c.shape)} "
               f"{'NHWC' if lay == torch.channels_last else 'NCHW'} {str(dt)[6:]}", file=sys.stderr, flush=True)
         rows.append(run_case(c, dev, dt, lay, mode, min_run_time))
         if n == len(jobs) // 2:
-            for d in devices:
-                copy_samples[d].append(copy_bandwidth(d, min_run_time))
-    for dev in devices:
-        copy_samples[dev].append(copy_bandwidth(dev, min_run_time))
+            sample_copy()
+    sample_copy()
     copy_gbps = {dev: sorted(v)[len(v) // 2] for dev, v in copy_samples.items()}
     sweep_rows = []
     if not args.no_sweep and (not wanted or "max_pool2d" in wanted):
