@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "output_alloc.h"
+
 namespace poolops {
 namespace {
 
@@ -24,6 +26,7 @@ int64_t cuda_version() {
 
 TORCH_LIBRARY(poolops, m) {
   m.def("_cuda_version() -> int", &poolops::cuda_version);
+  m.def("_empty_cpu_cache() -> int", &poolops::empty_cpu_cache);
 
   m.def(
       "max_pool2d_with_indices(Tensor self, int[] kernel_size, int[] stride, int[] padding, int[] dilation, "

@@ -149,6 +149,38 @@ def test_avg_pool_identity():
         torch.testing.assert_close(P.conv2d(x, w, None, 2, groups=5), F.avg_pool2d(x, 2, 2), rtol=1e-6, atol=1e-6)
 
 
+# (C, kernel, stride, padding, dilation, W): channels 8/16-lane tiles, 8-lane tiles, per-pixel tails and
+# channels under 8; rows with 0-3 outputs left past the 4-output tiles, and rows with no inner outputs.
+DEPTHWISE_TILES = [
+    (96, 3, 2, 1, 1, 37), (24, 3, 1, 1, 1, 29), (40, 3, 2, 1, 1, 24), (33, 3, 2, 1, 1, 31), (7, 3, 2, 1, 1, 30),
+    (16, 5, 2, 4, 2, 35), (19, (3, 2), (2, 3), (1, 0), (2, 1), 40), (8, 3, 3, 0, 1, 26), (16, 3, 2, 1, 1, 4),
+    (24, 4, 2, (0, 3), 1, 22),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_depthwise_nhwc_tiles_match_nchw_bits(dtype):
+    """The channels-last depthwise forward sums bias then the in-range taps in row-major order, as the NCHW
+    kernel does (which also adds the zero padding, exactly): same bits, whatever the thread split."""
+    before = torch.get_num_threads()
+    try:
+        for (C, k, s, p, d, W), bias, threads in itertools.product(DEPTHWISE_TILES, (True, False), (1, 2, 3)):
+            torch.set_num_threads(threads)
+            x, w, b = make(3, C, 19, W, C, C, k, torch.float32, bias=bias, seed=C + W)
+            x, w, b = x.to(dtype), w.to(dtype), b.to(dtype) if bias else None
+            y = P.conv2d(x.contiguous(memory_format=torch.channels_last), w, b, s, p, d, C)
+            assert y.is_contiguous(memory_format=torch.channels_last)
+            y_nchw = P.conv2d(x, w, b, s, p, d, C)
+            cfg = (C, k, s, p, d, W, bias, threads)
+            assert torch.equal(y.contiguous().view(torch.int16 if dtype != torch.float32 else torch.int32),
+                               y_nchw.view(torch.int16 if dtype != torch.float32 else torch.int32)), cfg
+            r = ref.conv2d(x.double(), w.double(), b.double() if bias else None, pair(s), pair(p), pair(d), C)
+            torch.testing.assert_close(y.double(), r, **(TOL[torch.float32] if dtype == torch.float32 else
+                                                         dict(rtol=1e-2, atol=2e-2)), msg=str(cfg))
+    finally:
+        torch.set_num_threads(before)
+
+
 # --- F.3 errors ---------------------------------------------------------------------------------
 
 ERRORS = [

@@ -426,18 +426,50 @@ inline void depthwise_nhwc_block(const T* xn, const acc_t* wv, const T* bias, T*
   for (int64_t c = 0; c < m; ++c) y[c] = static_cast<T>(acc[c]);
 }
 
-// One task per run of output pixels, channels blocked in registers.
+// kU outputs of a row (ustep elements apart in x) whose taps are all in
+// range, 8*kV channels: each tap's weights are loaded once for the kU outputs.
+// Same sums as depthwise_nhwc_block (bias, then each tap's fused multiply-add).
+template <int kU, int kV, typename T>
+inline void depthwise_nhwc_tile(const T* x, int64_t ustep, const float* wv, const T* bias, T* y, int64_t C,
+                                const int64_t* src, const int64_t* wrow, int64_t nt) {
+  using vec8::f32x8;
+  f32x8 acc[kU][kV];
+  for (int v = 0; v < kV; ++v) {
+    const f32x8 b = bias ? vec8::load<1>(bias + 8 * v, 1) : f32x8{};
+    for (int u = 0; u < kU; ++u) acc[u][v] = b;
+  }
+  for (int64_t t = 0; t < nt; ++t) {
+    const T* in = x + src[t];
+    f32x8 wk[kV];
+    for (int v = 0; v < kV; ++v) wk[v] = vec8::load_raw<f32x8>(wv + wrow[t] + 8 * v);
+    for (int u = 0; u < kU; ++u) {
+      for (int v = 0; v < kV; ++v) acc[u][v] += wk[v] * vec8::load<1>(in + u * ustep + 8 * v, 1);
+    }
+  }
+  for (int u = 0; u < kU; ++u) {
+    for (int v = 0; v < kV; ++v) vec8::store(y + u * C + 8 * v, acc[u][v]);
+  }
+}
+
+// One task per run of output pixels, channels blocked in registers. Float
+// types sweep the outputs of a row whose taps all lie in range four at a time
+// (depthwise_nhwc_tile); the others, and channels past the last 8, go pixel by pixel.
 template <typename T>
 void depthwise_forward_nhwc(const T* x, const T* wtc, const T* bias, T* y, const Conv2dGeom& g) {
   using acc_t = at::opmath_type<T>;
   constexpr int kB = (sizeof(T) == sizeof(acc_t) ? 256 : 128) / sizeof(acc_t);  // accumulators in AVX2 registers
+  constexpr int kU = 4;
   const int64_t C = g.C;
+  const int64_t C8 = vec8::kSupported<T> ? C / 8 * 8 : 0;
   std::vector<acc_t> wv(g.taps() * C);
   for (int64_t e = 0; e < g.taps() * C; ++e) wv[e] = static_cast<acc_t>(wtc[e]);
   const int64_t ahead = prefetch_ahead(g.sw * C, sizeof(T));
+  const Range inner{conv_tap_outputs(0, g.W, g.OW, g.sw, g.pw, g.dw).begin,
+                    conv_tap_outputs(g.kw - 1, g.W, g.OW, g.sw, g.pw, g.dw).end};
   at::parallel_for(0, g.N * g.OH * g.OW, grain_for(C * g.taps()), [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> src(g.taps()), wrow(g.taps());
-    for (int64_t p = begin; p < end; ++p) {
+    std::vector<int64_t> src(g.taps()), wrow(g.taps()), tile_src(g.taps()), tile_wrow(g.taps());
+    // Channels [c0, C) of output pixel p.
+    auto pixel = [&](int64_t p, int64_t c0) {
       const int64_t ow = p % g.OW, oh = (p / g.OW) % g.OH;
       const T* xn = x + (p / g.ohw()) * g.H * g.W * C;
       int64_t nt = 0;
@@ -447,7 +479,6 @@ void depthwise_forward_nhwc(const T* x, const T* wtc, const T* bias, T* y, const
       });
       T* yp = y + p * C;
       const T* b = bias;
-      int64_t c0 = 0;
       for (; c0 + kB <= C; c0 += kB) {
         depthwise_nhwc_block<kB>(xn + c0, wv.data() + c0, b ? b + c0 : b, yp + c0, src.data(), wrow.data(), nt, kB,
                                  ahead);
@@ -460,6 +491,48 @@ void depthwise_forward_nhwc(const T* x, const T* wtc, const T* bias, T* y, const
         depthwise_nhwc_block<0>(xn + c0, wv.data() + c0, b ? b + c0 : b, yp + c0, src.data(), wrow.data(), nt,
                                 std::min(kLanes, C - c0), ahead);
       }
+    };
+    for (int64_t p = begin; p < end;) {
+      const int64_t row = p / g.OW, ow = p % g.OW;
+      const int64_t lo = std::max(ow, inner.begin);
+      const int64_t tiles = C8 > 0 ? std::max<int64_t>(0, std::min(end - row * g.OW, inner.end) - lo) / kU : 0;
+      if (ow < lo || tiles == 0) {
+        pixel(p++, 0);
+        continue;
+      }
+      // Tiles of kU outputs from lo: the taps of output lo, shifted by the tile's offset.
+      const int64_t oh = row % g.OH;
+      const T* xn = x + (row / g.OH) * g.H * g.W * C;
+      int64_t nt = 0;
+      for_each_source_tap(g, oh, lo, [&](int64_t i, int64_t j, int64_t h, int64_t w) {
+        tile_src[nt] = (h * g.W + w) * C;
+        tile_wrow[nt++] = (i * g.kw + j) * C;
+      });
+      const int64_t ustep = g.sw * C, nrows = nt / g.kw;
+      if constexpr (vec8::kSupported<T>) {
+        const float* w = wv.data();
+        for (int64_t k = 0; k < tiles; ++k) {
+          const T* xt = xn + k * kU * ustep;
+          T* yt = y + (p + k * kU) * C;
+          for (int64_t r = 0; r < nrows; ++r) {
+            const char* ahead_row = reinterpret_cast<const char*>(xt + tile_src[r * g.kw] + ahead);
+            for (int64_t l = 0; l < kU * ustep * int64_t(sizeof(T)); l += 64) __builtin_prefetch(ahead_row + l);
+          }
+          int64_t c = 0;
+          for (; c + 16 <= C8; c += 16) {
+            depthwise_nhwc_tile<kU, 2>(xt + c, ustep, w + c, bias ? bias + c : bias, yt + c, C, tile_src.data(),
+                                       tile_wrow.data(), nt);
+          }
+          if (c < C8) {
+            depthwise_nhwc_tile<kU, 1>(xt + c, ustep, w + c, bias ? bias + c : bias, yt + c, C, tile_src.data(),
+                                       tile_wrow.data(), nt);
+          }
+          if (C8 < C) {
+            for (int64_t u = 0; u < kU; ++u) pixel(p + k * kU + u, C8);
+          }
+        }
+      }
+      p += tiles * kU;
     }
   });
 }

@@ -33,4 +33,14 @@ def cuda_version() -> int:
     return torch.ops.poolops._cuda_version()
 
 
-__all__ = ["functional", "nn", "cuda_version"]
+def empty_cache() -> int:
+    """Frees the large CPU output buffers poolops keeps for reuse; returns the bytes freed.
+
+    CPU outputs of 4 MiB or more are kept after they are freed, up to
+    ``POOLOPS_CPU_CACHE_MB`` (default 256; 0 keeps none), so that the next call
+    of the same size skips the page faults of a fresh buffer.
+    """
+    return torch.ops.poolops._empty_cpu_cache()
+
+
+__all__ = ["functional", "nn", "cuda_version", "empty_cache"]
