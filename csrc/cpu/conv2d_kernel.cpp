@@ -516,6 +516,7 @@ void depthwise_forward_nhwc(const T* x, const T* wtc, const T* bias, T* y, const
           T* yt = y + (p + k * kU) * C;
           for (int64_t r = 0; r < nrows; ++r) {
             const char* ahead_row = reinterpret_cast<const char*>(xt + tile_src[r * g.kw] + ahead);
+#pragma GCC unroll 8
             for (int64_t l = 0; l < kU * ustep * int64_t(sizeof(T)); l += 64) __builtin_prefetch(ahead_row + l);
           }
           int64_t c = 0;
