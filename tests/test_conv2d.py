@@ -90,6 +90,20 @@ def test_values_vs_torch_and_reference(dtype, layout):
             torch.testing.assert_close(y.double(), r, **TOL[dtype], msg=str(cfg))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_stride2_columns_of_every_row_width(dtype):
+    """NCHW im2col copies every other input column a register at a time, the last register reaching back:
+    output widths 1 to 40 take every split between registers and the scalar tail."""
+    for OW in range(1, 41):
+        x, w, b = make(2, 3, 5, 2 * OW + 1, 4, 1, 3, torch.float32, seed=OW)
+        x, w, b = x.to(dtype), w.to(dtype), b.to(dtype)
+        y = P.conv2d(x, w, b, 2, 1)
+        assert y.shape[-1] == OW + 1
+        yt = F.conv2d(x.float(), w.float(), b.float(), 2, 1)
+        torch.testing.assert_close(y.float(), yt, **(TOL[torch.float32] if dtype == torch.float32 else
+                                                     dict(rtol=1e-2, atol=2e-2)), msg=str(OW))
+
+
 def test_layout_follows_torch():
     """channels_last out when the input or the weight is channels_last."""
     x, w, b = make(2, 4, 9, 9, 6, 1, 3, torch.float32)

@@ -17,6 +17,10 @@
 #include "../conv_args.h"
 #include "cpu_loops.h"
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 namespace poolops {
 namespace {
 
@@ -52,11 +56,38 @@ class ReaderTables {
   std::vector<int64_t> rows_, cols_;
 };
 
-// dst[t] = src[t * step], with the step fixed at compile time when kStep > 0.
-template <int kStep, typename T>
-inline void copy_strided(const T* src, int64_t step, T* dst, int64_t n) {
-  const int64_t st = kStep > 0 ? kStep : step;
-  for (int64_t t = 0; t < n; ++t) dst[t] = src[t * st];
+// dst[t] = src[2 * t]: 2- and 4-byte elements a register at a time (the
+// compiler leaves this loop scalar), the last register reaching back over
+// the one before; reads no element past src[2 * (n - 1)].
+template <typename T>
+inline void copy_even(const T* src, T* dst, int64_t n) {
+  int64_t t = 0;
+#if defined(__AVX2__)
+  constexpr int64_t kV = sizeof(T) == 2 ? 16 : sizeof(T) == 4 ? 8 : 0;
+  if constexpr (kV > 0) {
+    const auto even = [&](int64_t at) {
+      if constexpr (kV == 16) {
+        const __m256i low = _mm256_set1_epi32(0xFFFF);
+        const __m256i a = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 2 * at)), low);
+        const __m256i b = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 2 * at + 16)), low);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + at),
+                            _mm256_permute4x64_epi64(_mm256_packus_epi32(a, b), 0xD8));
+      } else {
+        const __m256 a = _mm256_loadu_ps(reinterpret_cast<const float*>(src + 2 * at));
+        const __m256 b = _mm256_loadu_ps(reinterpret_cast<const float*>(src + 2 * at + 8));
+        const __m256d e = _mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88));
+        _mm256_storeu_ps(reinterpret_cast<float*>(dst + at), _mm256_castpd_ps(_mm256_permute4x64_pd(e, 0xD8)));
+      }
+    };
+    // A register at `at` reads up to src[2 * at + 2 * kV - 1]: at most n - kV - 1.
+    for (; t + kV + 1 <= n; t += kV) even(t);
+    if (t > 0 && t < n - 1) {
+      even(n - kV - 1);
+      t = n - 1;
+    }
+  }
+#endif
+  for (; t < n; ++t) dst[t] = src[2 * t];
 }
 
 template <typename T>
@@ -64,9 +95,9 @@ inline void copy_any_step(const T* src, int64_t step, T* dst, int64_t n) {
   if (step == 1) {
     std::memcpy(dst, src, n * sizeof(T));
   } else if (step == 2) {
-    copy_strided<2>(src, step, dst, n);
+    copy_even(src, dst, n);
   } else {
-    copy_strided<0>(src, step, dst, n);
+    for (int64_t t = 0; t < n; ++t) dst[t] = src[t * step];
   }
 }
 

@@ -59,15 +59,18 @@ void pack_b(int64_t kc, int64_t nc, const float* B, int64_t rsb, int64_t csb, fl
 }
 
 #ifdef POOLOPS_GEMM_X86
-// c (MR x NR, row stride ldc) = a-strip * b-strip (+ c when acc).
-__attribute__((target("avx512f"))) void micro_kernel(int64_t kc, const float* a, const float* b, float* c,
-                                                     int64_t ldc, bool acc) {
+// c (MR x NR, row stride ldc) = a-strip * b-strip (+ c when acc). The a-strip
+// is packed (element (i, k) at a[k * MR + i]) or, when lda > 0, MR rows of A
+// itself, each contiguous along k (element (i, k) at a[i * lda + k]).
+__attribute__((target("avx512f"))) void micro_kernel(int64_t kc, const float* a, int64_t lda, const float* b,
+                                                     float* c, int64_t ldc, bool acc) {
   __m512 c0[MR], c1[MR];
   for (int64_t i = 0; i < MR; ++i) c0[i] = c1[i] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < kc; ++k, a += MR, b += NR) {
+  const int64_t ik = lda > 0 ? lda : 1, kk = lda > 0 ? 1 : MR;
+  for (int64_t k = 0; k < kc; ++k, a += kk, b += NR) {
     const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
     for (int64_t i = 0; i < MR; ++i) {
-      const __m512 ai = _mm512_set1_ps(a[i]);
+      const __m512 ai = _mm512_set1_ps(a[i * ik]);
       c0[i] = _mm512_fmadd_ps(ai, b0, c0[i]);
       c1[i] = _mm512_fmadd_ps(ai, b1, c1[i]);
     }
@@ -82,25 +85,30 @@ __attribute__((target("avx512f"))) void micro_kernel(int64_t kc, const float* a,
   }
 }
 #else
-void micro_kernel(int64_t, const float*, const float*, float*, int64_t, bool) {}
+void micro_kernel(int64_t, const float*, int64_t, const float*, float*, int64_t, bool) {}
 #endif
 
-// One MC block of C against a packed B panel.
-void block(int64_t mc, int64_t nc, int64_t kc, const float* pa, const float* pb, float* C, int64_t ldc, bool acc) {
+// One MC block of C against a packed B panel. A is packed in pa, or read in
+// place at a (row stride lda) when lda > 0, its short last strip packed in pa.
+void block(int64_t mc, int64_t nc, int64_t kc, const float* a, int64_t lda, float* pa, const float* pb, float* C,
+           int64_t ldc, bool acc) {
   float tile[MR * NR];
   for (int64_t jr = 0; jr < nc; jr += NR) {
     const int64_t nr = std::min(NR, nc - jr);
     for (int64_t ir = 0; ir < mc; ir += MR) {
       const int64_t mr = std::min(MR, mc - ir);
+      const bool direct = lda > 0 && mr == MR;
+      const float* as = direct ? a + ir * lda : pa + ir * kc;
+      if (lda > 0 && !direct && jr == 0) pack_strip(a + ir * lda, mr, MR, kc, lda, 1, pa + ir * kc);
       float* c = C + ir * ldc + jr;
       if (mr == MR && nr == NR) {
-        micro_kernel(kc, pa + ir * kc, pb + jr * kc, c, ldc, acc);
+        micro_kernel(kc, as, direct ? lda : 0, pb + jr * kc, c, ldc, acc);
         continue;
       }
       for (int64_t i = 0; i < mr; ++i) {
         for (int64_t j = 0; j < nr; ++j) tile[i * NR + j] = acc ? c[i * ldc + j] : 0.f;
       }
-      micro_kernel(kc, pa + ir * kc, pb + jr * kc, tile, NR, true);
+      micro_kernel(kc, as, direct ? lda : 0, pb + jr * kc, tile, NR, true);
       for (int64_t i = 0; i < mr; ++i) std::copy(tile + i * NR, tile + i * NR + nr, c + i * ldc);
     }
   }
@@ -131,6 +139,7 @@ void gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t rsa, int6
   }
   std::vector<float> pb(KC * ((std::min(NC, N) + NR - 1) / NR * NR));
   const int64_t blocks = (M + MC - 1) / MC;
+  const bool direct_a = csa == 1 && rsa > 0;
   for (int64_t jc = 0; jc < N; jc += NC) {
     const int64_t nc = std::min(NC, N - jc);
     for (int64_t pc = 0; pc < K; pc += KC) {
@@ -141,8 +150,13 @@ void gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t rsa, int6
         std::vector<float> pa(MC * kc);
         for (int64_t ib = begin; ib < end; ++ib) {
           const int64_t ic = ib * MC, mc = std::min(MC, M - ic);
-          pack_a(mc, kc, A + ic * rsa + pc * csa, rsa, csa, pa.data());
-          block(mc, nc, kc, pa.data(), pb.data(), C + ic * ldc + jc, ldc, acc);
+          const float* a = A + ic * rsa + pc * csa;
+          if (direct_a) {  // rows contiguous along k: broadcast from A itself
+            block(mc, nc, kc, a, rsa, pa.data(), pb.data(), C + ic * ldc + jc, ldc, acc);
+          } else {
+            pack_a(mc, kc, a, rsa, csa, pa.data());
+            block(mc, nc, kc, pa.data(), 0, pa.data(), pb.data(), C + ic * ldc + jc, ldc, acc);
+          }
         }
       });
     }

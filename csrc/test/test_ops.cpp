@@ -99,6 +99,15 @@ void check_gemm() {
         std::snprintf(what, sizeof(what), "gemm_f32 %ldx%ldx%ld%s%s%s (max err %.1e)", long(sh.M), long(sh.N),
                       long(sh.K), ta ? " A^T" : "", tb ? " B^T" : "", acc ? " +C" : "", err);
         expect(err < 1e-3, what);
+        // A read in place (rows contiguous along K) and A packed sum in the same order: same bits.
+        const at::Tensor a_other = ta ? a.contiguous() : a.t().contiguous().t();
+        at::Tensor c_other = c0.clone();
+        poolops::gemm_f32(sh.M, sh.N, sh.K, a_other.data_ptr<float>(), a_other.stride(0), a_other.stride(1),
+                          b.data_ptr<float>(), b.stride(0), b.stride(1), c_other.data_ptr<float>(), c_other.stride(0),
+                          acc);
+        std::snprintf(what, sizeof(what), "gemm_f32 %ldx%ldx%ld%s%s%s: A in place and packed agree bit for bit",
+                      long(sh.M), long(sh.N), long(sh.K), ta ? " A^T" : "", tb ? " B^T" : "", acc ? " +C" : "");
+        expect(at::equal(c, c_other), what);
       }
     }
   }
