@@ -205,7 +205,9 @@ at::Tensor run_conv2d(const at::Tensor& input, const at::Tensor& weight, const s
   const at::Tensor wm = weight_matrix(weight, g, cl);
   const int64_t ocg = g.ocg(), kg = g.kg();
   // NCHW: out[n] (OC, OHW) = W (OC, K) @ cols (K, OHW), per group.
-  // NHWC: out[n] (OHW, OC) = cols (OHW, K) @ W^T (K, OC), per group.
+  // NHWC: out[n] (OHW, OC) = cols (OHW, K) @ W^T (K, OC), per group, W^T
+  // made contiguous once rather than transposed by every image's GEMM.
+  const at::Tensor wmt = cl ? wm.t().contiguous() : wm;
   const at::Tensor bias_mat = !bias.defined() ? bias : cl ? bias.view({1, g.OC}) : bias.view({g.OC, 1});
   const at::Tensor out2d = cl ? out.permute({0, 2, 3, 1}).reshape({g.N * g.ohw(), g.OC}) : out.view({g.N * g.OC, g.ohw()});
   for_each_image(g, x.options(), cl, k.parallel_images, [&](int64_t n, const at::Tensor& scratch) {
@@ -213,9 +215,8 @@ at::Tensor run_conv2d(const at::Tensor& input, const at::Tensor& weight, const s
     for (int64_t grp = 0; grp < g.groups; ++grp) {
       at::Tensor o = cl ? out2d.narrow(0, n * g.ohw(), g.ohw()).narrow(1, grp * ocg, ocg)
                         : out2d.narrow(0, n * g.OC + grp * ocg, ocg);
-      const at::Tensor w = wm.narrow(0, grp * ocg, ocg);
-      const at::Tensor a = cl ? cols.narrow(1, grp * kg, kg) : w;
-      const at::Tensor b = cl ? w.t() : cols.narrow(0, grp * kg, kg);
+      const at::Tensor a = cl ? cols.narrow(1, grp * kg, kg) : wm.narrow(0, grp * ocg, ocg);
+      const at::Tensor b = cl ? wmt.narrow(1, grp * ocg, ocg) : cols.narrow(0, grp * kg, kg);
       if (bias.defined()) {
         o.copy_(bias_mat.narrow(cl ? 1 : 0, grp * ocg, ocg));
       }

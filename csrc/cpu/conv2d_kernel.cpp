@@ -137,6 +137,22 @@ void im2col_nhwc(const T* x, T* cols, const Conv2dGeom& g) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t oh = p / g.OW, ow = p % g.OW;
       T* row = cols + p * K;
+      if (g.groups == 1 && g.dw == 1) {  // a window row's in-range taps are one run of the input row
+        const Range rw = max_pool_taps(ow, g.W, g.kw, g.sw, g.pw, 1);  // the in-range input columns
+        const int64_t w0 = conv_source(ow, 0, g.sw, g.pw, 1);
+        for (int64_t i = 0; i < g.kh; ++i) {
+          const int64_t h = conv_source(oh, i, g.sh, g.ph, g.dh);
+          T* dst = row + i * g.kw * g.C;
+          if (h < 0 || h >= g.H || rw.empty()) {
+            std::fill(dst, dst + g.kw * g.C, T(0));
+            continue;
+          }
+          std::fill(dst, dst + (rw.begin - w0) * g.C, T(0));
+          std::memcpy(dst + (rw.begin - w0) * g.C, x + (h * g.W + rw.begin) * g.C, (rw.end - rw.begin) * g.C * sizeof(T));
+          std::fill(dst + (rw.end - w0) * g.C, dst + g.kw * g.C, T(0));
+        }
+        continue;
+      }
       for (int64_t grp = 0; grp < g.groups; ++grp) {
         for (int64_t i = 0; i < g.kh; ++i) {
           const int64_t h = conv_source(oh, i, g.sh, g.ph, g.dh);
