@@ -1,7 +1,8 @@
 // Goto-style blocking: B is packed in KC x NC panels of NR-wide strips, A in
 // MC x KC blocks of MR-tall strips (zero-padded), and a 14 x 32 register tile
 // of 28 zmm accumulators runs over each strip pair. Threads split the MC
-// blocks of a panel; each element of C is summed by one thread.
+// blocks of a panel (and their strips, when blocks are fewer than threads);
+// each element of C is summed by one thread.
 #include "gemm.h"
 
 #include <ATen/Parallel.h>
@@ -88,18 +89,19 @@ __attribute__((target("avx512f"))) void micro_kernel(int64_t kc, const float* a,
 void micro_kernel(int64_t, const float*, int64_t, const float*, float*, int64_t, bool) {}
 #endif
 
-// One MC block of C against a packed B panel. A is packed in pa, or read in
-// place at a (row stride lda) when lda > 0, its short last strip packed in pa.
-void block(int64_t mc, int64_t nc, int64_t kc, const float* a, int64_t lda, float* pa, const float* pb, float* C,
-           int64_t ldc, bool acc) {
+// Columns [j0, j1) of one MC block of C against a packed B panel. A is packed
+// in pa, or read in place at a (row stride lda) when lda > 0, its short last
+// strip packed in pa.
+void block(int64_t mc, int64_t j0, int64_t j1, int64_t kc, const float* a, int64_t lda, float* pa, const float* pb,
+           float* C, int64_t ldc, bool acc) {
   float tile[MR * NR];
-  for (int64_t jr = 0; jr < nc; jr += NR) {
-    const int64_t nr = std::min(NR, nc - jr);
+  for (int64_t jr = j0; jr < j1; jr += NR) {
+    const int64_t nr = std::min(NR, j1 - jr);
     for (int64_t ir = 0; ir < mc; ir += MR) {
       const int64_t mr = std::min(MR, mc - ir);
       const bool direct = lda > 0 && mr == MR;
       const float* as = direct ? a + ir * lda : pa + ir * kc;
-      if (lda > 0 && !direct && jr == 0) pack_strip(a + ir * lda, mr, MR, kc, lda, 1, pa + ir * kc);
+      if (lda > 0 && !direct && jr == j0) pack_strip(a + ir * lda, mr, MR, kc, lda, 1, pa + ir * kc);
       float* c = C + ir * ldc + jr;
       if (mr == MR && nr == NR) {
         micro_kernel(kc, as, direct ? lda : 0, pb + jr * kc, c, ldc, acc);
@@ -116,16 +118,24 @@ void block(int64_t mc, int64_t nc, int64_t kc, const float* a, int64_t lda, floa
 
 }  // namespace
 
-bool gemm_f32_enabled() {
+bool avx512_enabled() {
 #ifdef POOLOPS_GEMM_X86
   static const bool enabled = [] {
-    const char* v = std::getenv("POOLOPS_GEMM");
+    const char* v = std::getenv("POOLOPS_AVX512");
     return __builtin_cpu_supports("avx512f") && !(v != nullptr && std::strcmp(v, "0") == 0);
   }();
   return enabled;
 #else
   return false;
 #endif
+}
+
+bool gemm_f32_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("POOLOPS_GEMM");
+    return avx512_enabled() && !(v != nullptr && std::strcmp(v, "0") == 0);
+  }();
+  return enabled;
 }
 
 void gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t rsa, int64_t csa, const float* B, int64_t rsb,
@@ -147,17 +157,28 @@ void gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t rsa, int6
       const int64_t kc = std::min(KC, K - pc);
       const bool acc = accumulate || pc > 0;
       pack_b(kc, nc, B + pc * rsb + jc * csb, rsb, csb, pb.get());
-      at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      // Tasks are MC blocks, each split into column ranges of whole strips
+      // when there are fewer blocks than threads.
+      const int64_t strips = (nc + NR - 1) / NR;
+      const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+      const int64_t splits = blocks >= threads ? 1 : std::min(strips, (threads + blocks - 1) / blocks);
+      const int64_t span = (strips + splits - 1) / splits * NR;
+      at::parallel_for(0, blocks * splits, 1, [&](int64_t begin, int64_t end) {
         const std::unique_ptr<float[]> pa(new float[MC * kc]);
-        for (int64_t ib = begin; ib < end; ++ib) {
+        int64_t packed = -1;
+        for (int64_t t = begin; t < end; ++t) {
+          const int64_t ib = t / splits, j0 = t % splits * span, j1 = std::min(nc, j0 + span);
+          if (j0 >= j1) continue;
           const int64_t ic = ib * MC, mc = std::min(MC, M - ic);
           const float* a = A + ic * rsa + pc * csa;
+          float* c = C + ic * ldc + jc;
           if (direct_a) {  // rows contiguous along k: broadcast from A itself
-            block(mc, nc, kc, a, rsa, pa.get(), pb.get(), C + ic * ldc + jc, ldc, acc);
-          } else {
-            pack_a(mc, kc, a, rsa, csa, pa.get());
-            block(mc, nc, kc, pa.get(), 0, pa.get(), pb.get(), C + ic * ldc + jc, ldc, acc);
+            block(mc, j0, j1, kc, a, rsa, pa.get(), pb.get(), c, ldc, acc);
+            continue;
           }
+          if (packed != ib) pack_a(mc, kc, a, rsa, csa, pa.get());
+          packed = ib;
+          block(mc, j0, j1, kc, pa.get(), 0, pa.get(), pb.get(), c, ldc, acc);
         }
       });
     }

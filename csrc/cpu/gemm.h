@@ -8,9 +8,12 @@
 
 namespace poolops {
 
-// True when the CPU has AVX-512F (checked at run time; the code is built with
-// a per-function target, so the library still loads on AVX2-only CPUs) and
-// POOLOPS_GEMM=0 is not set.
+// True when the CPU has AVX-512F (checked at run time: such code is built
+// with a per-function target, so the library still loads on AVX2-only CPUs)
+// and POOLOPS_AVX512=0 is not set.
+bool avx512_enabled();
+
+// avx512_enabled(), and POOLOPS_GEMM=0 is not set.
 bool gemm_f32_enabled();
 
 // C (M x N, row stride ldc, unit column stride) = A (M x K) * B (K x N), plus
