@@ -730,7 +730,7 @@ inline void nhwc_window_sum_block(const scalar_t* xn, int64_t W, int64_t C, Rang
 template <typename scalar_t, typename Finish>
 void nhwc_window_sum(const scalar_t* xn, int64_t W, int64_t C, int64_t channels, Range rh, Range rw, scalar_t* y,
                      const Finish& finish, int64_t ahead, int64_t dh = 1, int64_t dw = 1) {
-  constexpr int kB = (sizeof(scalar_t) < 4 ? 256 : 128) / sizeof(at::opmath_type<scalar_t>);
+  constexpr int kB = 256 / sizeof(at::opmath_type<scalar_t>);
   int64_t c0 = 0;
   for (; c0 + kB <= channels; c0 += kB) {
     nhwc_window_sum_block<kB>(xn + c0, W, C, rh, rw, kB, y + c0, finish, dh, dw, ahead);
