@@ -96,7 +96,21 @@ inline f32x8 load(const T* p, int64_t step) {
     return bits_to_f32(__builtin_convertvector(load_raw<u16x8>(p), u32x8) << 16);
 #endif
   } else if constexpr (kStep == 2 && std::is_same_v<T, c10::BFloat16>) {
+#if defined(__AVX2__)
+    // p[0..7] and p[7..14] in the two lanes; one byte shuffle moves each even
+    // element to the high half of its float (low lane: low halves, high lane:
+    // high halves of the dwords) and zeroes the rest.
+    const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 7));
+    const __m256i ctrl = _mm256_setr_epi8(-1, -1, 0, 1, -1, -1, 4, 5, -1, -1, 8, 9, -1, -1, 12, 13,  //
+                                          -1, -1, 2, 3, -1, -1, 6, 7, -1, -1, 10, 11, -1, -1, 14, 15);
+    const __m256i w = _mm256_shuffle_epi8(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1), ctrl);
+    f32x8 v;
+    std::memcpy(&v, &w, sizeof(v));
+    return v;
+#else
     return bits_to_f32(even_u16(p) << 16);
+#endif
   } else if constexpr (kStep == 1 && std::is_same_v<T, c10::Half>) {
     return from_half(load_raw<u16x8>(p));
   } else if constexpr (kStep == 2 && std::is_same_v<T, c10::Half>) {
