@@ -70,7 +70,7 @@ void avg_forward(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, bool chann
     for_each_output_pixel(x, g, [&](const scalar_t* xn, int64_t oh, int64_t ow, int64_t p) {
       const ExactDiv<acc_t> kh = win.kh[oh], kw = win.kw[ow];
       nhwc_window_sum(xn, g.W, g.C, g.C, win.rows[oh], win.cols[ow], y + p * g.C,
-                      [&](acc_t sum) { return kw(kh(sum)); }, ahead);
+                      [&](auto sum) { return kw(kh(sum)); }, ahead);
     });
     return;
   }

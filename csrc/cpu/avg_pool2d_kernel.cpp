@@ -162,7 +162,7 @@ void forward_nhwc(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
         continue;
       }
       const ExactDiv<acc_t>& div = tab.divisors[oh * g.OW + ow];
-      nhwc_window_sum(xn, g.W, g.C, g.C, rh, rw, y + p * g.C, [&](acc_t sum) { return div(sum); }, ahead, g.dh,
+      nhwc_window_sum(xn, g.W, g.C, g.C, rh, rw, y + p * g.C, [&](auto sum) { return div(sum); }, ahead, g.dh,
                       g.dw);
     }
   });

@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <optional>
@@ -26,6 +27,17 @@ namespace poolops {
 namespace {
 
 constexpr int64_t kBlock = 16;   // NCHW outputs kept in registers across the taps
+
+// a + w * x rounded once for floating types, written out so that every build
+// (-O1 contracts nothing) sums the depthwise taps the same way in every layout.
+template <typename acc_t>
+inline acc_t mul_add(acc_t w, acc_t x, acc_t a) {
+  if constexpr (std::is_floating_point_v<acc_t>) {
+    return std::fma(w, x, a);
+  } else {
+    return a + w * x;
+  }
+}
 
 inline int64_t grain_for(int64_t work_per_item) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_item));
@@ -353,10 +365,22 @@ void depthwise_forward_nchw(const T* x, const T* wt, const T* bias, T* y, const 
           const acc_t* row = buf.data() + oh * row_step;
           for (int64_t ow0 = 0; ow0 < g.OW; ow0 += kBlock) {
             acc_t a[kBlock];
-            for (int64_t l = 0; l < kBlock; ++l) a[l] = b;
-            for (int64_t t = 0; t < g.taps(); ++t) {
-              const acc_t* src = row + tap_off[t] + ow0;
-              for (int64_t l = 0; l < kBlock; ++l) a[l] += wv[t] * src[l];
+            if constexpr (std::is_same_v<acc_t, float>) {  // the compiler leaves std::fma scalar
+              vec8::f32x8 v[kBlock / 8];
+              for (auto& e : v) e = vec8::broadcast(b);
+              for (int64_t t = 0; t < g.taps(); ++t) {
+                const acc_t* src = row + tap_off[t] + ow0;
+                for (int64_t e = 0; e < kBlock / 8; ++e) {
+                  v[e] = vec8::fmadd(vec8::broadcast(wv[t]), vec8::load_raw<vec8::f32x8>(src + 8 * e), v[e]);
+                }
+              }
+              std::memcpy(a, v, sizeof(a));
+            } else {
+              for (int64_t l = 0; l < kBlock; ++l) a[l] = b;
+              for (int64_t t = 0; t < g.taps(); ++t) {
+                const acc_t* src = row + tap_off[t] + ow0;
+                for (int64_t l = 0; l < kBlock; ++l) a[l] = mul_add(wv[t], src[l], a[l]);
+              }
             }
             const int64_t n_out = std::min(kBlock, g.OW - ow0);
             for (int64_t l = 0; l < n_out; ++l) out[oh * g.OW + ow0 + l] = static_cast<T>(a[l]);
@@ -469,7 +493,7 @@ inline void depthwise_nhwc_block(const T* xn, const acc_t* wv, const T* bias, T*
     const T* in = xn + src[t];
     if (kB > 0) prefetch_block<kB * sizeof(T)>(in + ahead);
     const acc_t* wt = wv + wrow[t];
-    for (int64_t c = 0; c < m; ++c) acc[c] += wt[c] * static_cast<acc_t>(in[c]);
+    for (int64_t c = 0; c < m; ++c) acc[c] = mul_add(wt[c], static_cast<acc_t>(in[c]), acc[c]);
   }
   for (int64_t c = 0; c < m; ++c) y[c] = static_cast<T>(acc[c]);
 }
@@ -491,7 +515,7 @@ inline void depthwise_nhwc_tile(const T* x, int64_t ustep, const float* wv, cons
     f32x8 wk[kV];
     for (int v = 0; v < kV; ++v) wk[v] = vec8::load_raw<f32x8>(wv + wrow[t] + 8 * v);
     for (int u = 0; u < kU; ++u) {
-      for (int v = 0; v < kV; ++v) acc[u][v] += wk[v] * vec8::load<1>(in + u * ustep + 8 * v, 1);
+      for (int v = 0; v < kV; ++v) acc[u][v] = vec8::fmadd(wk[v], vec8::load<1>(in + u * ustep + 8 * v, 1), acc[u][v]);
     }
   }
   for (int u = 0; u < kU; ++u) {

@@ -38,7 +38,7 @@ void reduce_nhwc(const scalar_t* x, scalar_t* y, int64_t* idx, const Pool2dGeom&
         nhwc_window_max<scalar_t, index_t>(xn, HW, g.C, cb, Range{0, 1}, Range{0, HW}, y + o, idx + o, ahead);
       } else {
         nhwc_window_sum(xn, HW, g.C, cb, Range{0, 1}, Range{0, HW}, y + o,
-                        [&](acc_t sum) { return sum / static_cast<acc_t>(HW); }, ahead);
+                        [&](auto sum) { return sum / static_cast<acc_t>(HW); }, ahead);
       }
     }
   });

@@ -10,11 +10,12 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
 
-#if defined(__F16C__) || defined(__AVX2__)
+#if defined(__F16C__) || defined(__AVX2__) || defined(__FMA__)
 #include <immintrin.h>
 #endif
 
@@ -50,6 +51,16 @@ inline f32x8 bits_to_f32(u32x8 u) {
 }
 
 inline f32x8 broadcast(float v) { return f32x8{} + v; }
+
+// a * b + c rounded once, written out: -O1 builds contract no a * b + c.
+inline f32x8 fmadd(f32x8 a, f32x8 b, f32x8 c) {
+#if defined(__FMA__)
+  return (f32x8)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#else
+  for (int i = 0; i < 8; ++i) c[i] = std::fma(a[i], b[i], c[i]);
+  return c;
+#endif
+}
 inline i32x8 broadcast(int32_t v) { return i32x8{} + v; }
 inline i32x8 iota() { return i32x8{0, 1, 2, 3, 4, 5, 6, 7}; }
 
