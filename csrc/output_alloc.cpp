@@ -63,6 +63,7 @@ class LargeBufferCache final : public c10::Allocator {
     void* p = take(size);
     if (p == nullptr) {
       p = std::aligned_alloc(kHuge, size);
+      if (p == nullptr && clear() > 0) p = std::aligned_alloc(kHuge, size);  // the kept buffers first
       TORCH_CHECK(p != nullptr, "poolops: out of CPU memory allocating ", n, " bytes");
       advise_hugepages(p, size);
     }

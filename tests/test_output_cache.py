@@ -89,6 +89,16 @@ def test_outputs_resize_and_free_from_other_threads():
     poolops.empty_cache()
 
 
+def test_out_of_memory_frees_the_cache_then_raises():
+    x = torch.randn(8, 64, 64, 64)
+    kept = P.avg_pool2d(x, 3, 1, 1)
+    del kept  # 8 MiB kept
+    y = P.avg_pool2d(x, 3, 1, 1)
+    with pytest.raises(RuntimeError, match="out of CPU memory allocating"):
+        y.resize_(1 << 46)  # 256 TiB of float32: no system gives that
+    assert poolops.empty_cache() == 0  # the kept buffers were returned before giving up
+
+
 def run(code, **env):
     import os
     return subprocess.run([sys.executable, "-c", "import torch, poolops, poolops.functional as P\n" + code],
