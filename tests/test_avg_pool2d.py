@@ -192,6 +192,26 @@ def test_backward_vs_torch_and_reference(cfg):
         assert torch.equal(grads[0], grads[1]) and torch.equal(grads[2], grads[3])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_backward_of_column_pairs(dtype):
+    """NCHW column windows (2 ow, 2 ow + 1) take their own loop: odd widths leave a last column no window reads,
+    ceil_mode clips the last window (the general loop), and adaptive 2:1 pooling has the same pairs."""
+    for W, ceil in itertools.product((2, 9, 16, 31, 40), (False, True)):
+        x = torch.randn(2, 3, 6, W).to(dtype).requires_grad_()
+        xt = x.detach().float().requires_grad_()
+        y = P.avg_pool2d(x, 2, 2, 0, ceil)
+        g = torch.randn(y.shape).to(dtype)
+        (gx,) = torch.autograd.grad(y, x, g)
+        (gt,) = torch.autograd.grad(F.avg_pool2d(xt, 2, 2, 0, ceil), xt, g.float())
+        assert torch.equal(gx, gt.to(dtype)), (W, ceil)
+    x = torch.randn(2, 3, 8, 14).to(dtype).requires_grad_()
+    xt = x.detach().float().requires_grad_()
+    g = torch.randn(2, 3, 4, 7).to(dtype)
+    (gx,) = torch.autograd.grad(P.adaptive_avg_pool2d(x, (4, 7)), x, g)
+    (gt,) = torch.autograd.grad(F.adaptive_avg_pool2d(xt, (4, 7)), xt, g.float())
+    assert torch.equal(gx, gt.to(dtype))
+
+
 @pytest.mark.parametrize("args", [(3, 2, 1, True, True, None), (3, 2, 1, True, False, None), (2, 1, 1, False, True, -2)])
 def test_gradcheck_and_gradgradcheck(args):
     x = torch.randn(2, 3, 7, 6, dtype=torch.float64, requires_grad=True)

@@ -259,6 +259,9 @@ void window_avg_backward(const scalar_t* gout, scalar_t* gin, const Pool2dGeom& 
   if (!channels_last) {
     const int64_t HW = g.H * g.W;
     const int64_t OHW = g.OH * g.OW;
+    // Column windows that are the pairs (2 ow, 2 ow + 1) take a loop the compiler vectorises.
+    bool pairs = dw == 1;
+    for (int64_t ow = 0; ow < g.OW && pairs; ++ow) pairs = cols[ow].begin == 2 * ow && cols[ow].end == 2 * ow + 2;
     at::parallel_for(0, g.N * g.C, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, HW)), [&](int64_t b, int64_t e) {
       AccBuffer<scalar_t> buf(HW);
       std::vector<acc_t> delta(g.OW);
@@ -269,6 +272,13 @@ void window_avg_backward(const scalar_t* gout, scalar_t* gin, const Pool2dGeom& 
           for (int64_t ow = 0; ow < g.OW; ++ow) delta[ow] = divisor(oh, ow).apply(static_cast<acc_t>(go[ow]));
           for (int64_t h = rows[oh].begin; h < rows[oh].end; h += dh) {
             acc_t* row = acc + h * g.W;
+            if (pairs) {
+              for (int64_t ow = 0; ow < g.OW; ++ow) {
+                row[2 * ow] += delta[ow];
+                row[2 * ow + 1] += delta[ow];
+              }
+              continue;
+            }
             for (int64_t ow = 0; ow < g.OW; ++ow) {
               for (int64_t w = cols[ow].begin; w < cols[ow].end; w += dw) row[w] += delta[ow];
             }
