@@ -1,6 +1,6 @@
 // One AVX2 register of lanes for the CPU pooling loops, written with GCC/Clang
-// vector extensions (intrinsics only for F16C's half conversion and AVX2's
-// byte widening): eight floats for the NCHW row sweeps (loads widen half
+// vector extensions (intrinsics only where GCC's own code is slow or inexact:
+// half conversion, widening, the bfloat16 stride-2 shuffle, FMA): eight floats for the NCHW row sweeps (loads widen half
 // and bfloat16 exactly and de-interleave stride-2 inputs; stores round as
 // c10's conversions do), sixteen bfloat16 bit patterns where no arithmetic is
 // needed (the taps backward). The compiler's own vectoriser
@@ -51,6 +51,8 @@ inline f32x8 bits_to_f32(u32x8 u) {
 }
 
 inline f32x8 broadcast(float v) { return f32x8{} + v; }
+inline i32x8 broadcast(int32_t v) { return i32x8{} + v; }
+inline i32x8 iota() { return i32x8{0, 1, 2, 3, 4, 5, 6, 7}; }
 
 // a * b + c rounded once, written out: -O1 builds contract no a * b + c.
 inline f32x8 fmadd(f32x8 a, f32x8 b, f32x8 c) {
@@ -61,8 +63,6 @@ inline f32x8 fmadd(f32x8 a, f32x8 b, f32x8 c) {
   return c;
 #endif
 }
-inline i32x8 broadcast(int32_t v) { return i32x8{} + v; }
-inline i32x8 iota() { return i32x8{0, 1, 2, 3, 4, 5, 6, 7}; }
 
 inline f32x8 from_half(u16x8 h) {
 #if defined(__F16C__)
