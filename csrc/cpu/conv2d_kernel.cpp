@@ -647,9 +647,7 @@ void depthwise_forward_nhwc(const T* x, const T* wtc, const T* bias, T* y, const
           const T* xt = xn + k * kU * ustep;
           T* yt = y + (p + k * kU) * C;
           for (int64_t r = 0; r < nrows; ++r) {
-            const char* ahead_row = reinterpret_cast<const char*>(xt + tile_src[r * g.kw] + ahead);
-#pragma GCC unroll 8
-            for (int64_t l = 0; l < kU * ustep * int64_t(sizeof(T)); l += 64) __builtin_prefetch(ahead_row + l);
+            prefetch_block<0>(xt + tile_src[r * g.kw] + ahead, kU * ustep * int64_t(sizeof(T)));
           }
           int64_t c = 0;
 #if defined(__x86_64__)

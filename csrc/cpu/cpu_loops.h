@@ -33,9 +33,12 @@ inline int64_t prefetch_ahead(int64_t step, int64_t elem_size) {
   return (4096 + bytes - 1) / bytes * step;
 }
 
+// The cache lines of `bytes` bytes from p (kBytes > 0 fixes the count).
 template <int64_t kBytes>
-inline void prefetch_block(const void* p) {
-  for (int64_t l = 0; l < kBytes; l += 64) __builtin_prefetch(static_cast<const char*>(p) + l);
+inline void prefetch_block(const void* p, int64_t bytes = kBytes) {
+  const int64_t n = kBytes > 0 ? kBytes : bytes;
+#pragma GCC unroll 8
+  for (int64_t l = 0; l < n; l += 64) __builtin_prefetch(static_cast<const char*>(p) + l);
 }
 
 // The outputs along W whose whole window lies inside [0, W): NCHW kernels
@@ -154,8 +157,7 @@ inline void row_blocks(const scalar_t* src, int64_t rows, const Pool2dGeom& g, R
   // about 4 KiB on (rows wider than ~120 floats otherwise ran at a third of
   // the bandwidth, the hardware prefetcher falling behind).
   const int64_t stream = g.sh * g.W;
-  const char* ahead = reinterpret_cast<const char*>(src + prefetch_ahead(stream, sizeof(scalar_t)));
-  for (int64_t l = 0; l < stream * int64_t(sizeof(scalar_t)); l += 64) __builtin_prefetch(ahead + l);
+  prefetch_block<0>(src + prefetch_ahead(stream, sizeof(scalar_t)), stream * int64_t(sizeof(scalar_t)));
   for (int64_t b0 = inner.begin; b0 < inner.end; b0 += kLanes) {
     // A chunk of up to kLanes outputs (the PhaseRow capacity); a short last one reaches back.
     const int64_t b1 = std::min(inner.end, b0 + kLanes);
