@@ -44,11 +44,16 @@ inline V load_raw(const T* p) {
   return v;
 }
 
-inline f32x8 bits_to_f32(u32x8 u) {
-  f32x8 f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
+// The bits of r as a V of the same size (vector types, intrinsic registers).
+template <typename V, typename R>
+inline V bit_cast(const R& r) {
+  static_assert(sizeof(V) == sizeof(R));
+  V v;
+  std::memcpy(&v, &r, sizeof(v));
+  return v;
 }
+
+inline f32x8 bits_to_f32(u32x8 u) { return bit_cast<f32x8>(u); }
 
 inline f32x8 broadcast(float v) { return f32x8{} + v; }
 inline i32x8 broadcast(int32_t v) { return i32x8{} + v; }
@@ -66,12 +71,7 @@ inline f32x8 fmadd(f32x8 a, f32x8 b, f32x8 c) {
 
 inline f32x8 from_half(u16x8 h) {
 #if defined(__F16C__)
-  __m128i raw;
-  std::memcpy(&raw, &h, sizeof(raw));
-  const __m256 f = _mm256_cvtph_ps(raw);
-  f32x8 v;
-  std::memcpy(&v, &f, sizeof(v));
-  return v;
+  return bit_cast<f32x8>(_mm256_cvtph_ps(bit_cast<__m128i>(h)));
 #else
   f32x8 v;
   for (int i = 0; i < 8; ++i) v[i] = static_cast<float>(c10::Half(h[i], c10::Half::from_bits()));
@@ -99,10 +99,8 @@ inline f32x8 load(const T* p, int64_t step) {
   } else if constexpr (kStep == 1 && std::is_same_v<T, c10::BFloat16>) {
 #if defined(__AVX2__)
     // One vpmovzxwd from memory (GCC widens the vector type in six instructions).
-    const __m256i w = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16);
-    f32x8 v;
-    std::memcpy(&v, &w, sizeof(v));
-    return v;
+    return bit_cast<f32x8>(
+        _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
 #else
     return bits_to_f32(__builtin_convertvector(load_raw<u16x8>(p), u32x8) << 16);
 #endif
@@ -115,10 +113,7 @@ inline f32x8 load(const T* p, int64_t step) {
     const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 7));
     const __m256i ctrl = _mm256_setr_epi8(-1, -1, 0, 1, -1, -1, 4, 5, -1, -1, 8, 9, -1, -1, 12, 13,  //
                                           -1, -1, 2, 3, -1, -1, 6, 7, -1, -1, 10, 11, -1, -1, 14, 15);
-    const __m256i w = _mm256_shuffle_epi8(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1), ctrl);
-    f32x8 v;
-    std::memcpy(&v, &w, sizeof(v));
-    return v;
+    return bit_cast<f32x8>(_mm256_shuffle_epi8(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1), ctrl));
 #else
     return bits_to_f32(even_u16(p) << 16);
 #endif
@@ -143,20 +138,14 @@ inline u16x16 bf16_plus_zero(u16x16 b) {
 // Eight bytes p[0..7], zero-extended (the compiler's own conversion goes through scalar registers).
 inline i32x8 widen8(const uint8_t* p) {
 #if defined(__AVX2__)
-  const __m256i w = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-  i32x8 v;
-  std::memcpy(&v, &w, sizeof(v));
-  return v;
+  return bit_cast<i32x8>(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 #else
   return __builtin_convertvector(load_raw<u8x8>(p), i32x8);
 #endif
 }
 inline u16x16 widen16(const uint8_t* p) {
 #if defined(__AVX2__)
-  const __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  u16x16 v;
-  std::memcpy(&v, &w, sizeof(v));
-  return v;
+  return bit_cast<u16x16>(_mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 #else
   return __builtin_convertvector(load_raw<u8x16>(p), u16x16);
 #endif
@@ -196,23 +185,19 @@ inline auto narrow(f32x8 v) {
   if constexpr (std::is_same_v<T, float>) {
     return v;
   } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    u32x8 u;
-    std::memcpy(&u, &v, sizeof(u));
+    const u32x8 u = bit_cast<u32x8>(v);
     const u32x8 rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16;
     const u32x8 out = (v != v) ? u32x8{} + 0x7FC0 : rounded;
     return __builtin_convertvector(out, u16x8);
   } else {
     static_assert(std::is_same_v<T, c10::Half>);
-    u16x8 h;
 #if defined(__F16C__)
-    __m256 f;  // c10's own conversion under F16C
-    std::memcpy(&f, &v, sizeof(f));
-    const __m128i r = _mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT);
-    std::memcpy(&h, &r, sizeof(h));
+    return bit_cast<u16x8>(_mm256_cvtps_ph(bit_cast<__m256>(v), _MM_FROUND_TO_NEAREST_INT));  // c10's own under F16C
 #else
+    u16x8 h;
     for (int i = 0; i < 8; ++i) h[i] = static_cast<T>(v[i]).x;
-#endif
     return h;
+#endif
   }
 }
 
