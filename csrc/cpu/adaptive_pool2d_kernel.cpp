@@ -77,14 +77,15 @@ void avg_forward(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, bool chann
   if constexpr (vec8::kSupported<scalar_t>) {
     if (g.H * g.W <= kPlaneGroupMaxHW) {
       const int64_t OHW = g.OH * g.OW;
-      plane_groups(x, g.N * g.C, g.H * g.W, g.H * g.W, [&](const float* block, int64_t p0, int64_t lanes) {
+      plane_groups(x, g.N * g.C, g.H * g.W, OHW, g.H * g.W, [&](const float* block, int64_t p0, int64_t lanes,
+                                                                vec8::f32x8* v, vec8::i32x8*) {
         for (int64_t oh = 0; oh < g.OH; ++oh) {
           for (int64_t ow = 0; ow < g.OW; ++ow) {
             const vec8::f32x8 sum = block_window_sum(block, g.W, win.rows[oh], win.cols[ow]);
-            const vec8::f32x8 v = vec8::divide(vec8::divide(sum, win.kh[oh]), win.kw[ow]);
-            for (int64_t l = 0; l < lanes; ++l) y[(p0 + l) * OHW + oh * g.OW + ow] = static_cast<scalar_t>(v[l]);
+            v[oh * g.OW + ow] = vec8::divide(vec8::divide(sum, win.kh[oh]), win.kw[ow]);
           }
         }
+        store_plane_group(v, OHW, lanes, y + p0 * OHW);
       });
       return;
     }
@@ -125,18 +126,15 @@ void max_forward(const scalar_t* x, scalar_t* y, int64_t* idx, const Pool2dGeom&
   if constexpr (vec8::kSupported<scalar_t> && std::is_same_v<index_t, int32_t>) {
     if (g.H * g.W <= kPlaneGroupMaxHW) {
       const int64_t OHW = g.OH * g.OW;
-      plane_groups(x, g.N * g.C, g.H * g.W, g.H * g.W, [&](const float* block, int64_t p0, int64_t lanes) {
+      plane_groups(x, g.N * g.C, g.H * g.W, OHW, g.H * g.W, [&](const float* block, int64_t p0, int64_t lanes,
+                                                                vec8::f32x8* best, vec8::i32x8* arg) {
         for (int64_t oh = 0; oh < g.OH; ++oh) {
-          for (int64_t ow = 0; ow < g.OW; ++ow) {
-            vec8::f32x8 best;
-            vec8::i32x8 arg;
-            block_window_max(block, g.W, win.rows[oh], win.cols[ow], best, arg);  // adaptive windows are never empty
-            for (int64_t l = 0; l < lanes; ++l) {
-              y[(p0 + l) * OHW + oh * g.OW + ow] = static_cast<scalar_t>(best[l]);
-              idx[(p0 + l) * OHW + oh * g.OW + ow] = arg[l];
-            }
+          for (int64_t ow = 0; ow < g.OW; ++ow) {  // adaptive windows are never empty
+            block_window_max(block, g.W, win.rows[oh], win.cols[ow], best[oh * g.OW + ow], arg[oh * g.OW + ow]);
           }
         }
+        store_plane_group(best, OHW, lanes, y + p0 * OHW);
+        store_plane_group(arg, OHW, lanes, idx + p0 * OHW);
       });
       return;
     }

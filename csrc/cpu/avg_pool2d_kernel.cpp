@@ -96,17 +96,17 @@ void forward_nchw(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
   if constexpr (kVec) {
     if (inner.end - inner.begin < kV && g.H * g.W <= kPlaneGroupMaxHW) {  // rows too short: a lane per plane
       const int64_t OHW = g.OH * g.OW;
-      plane_groups(x, g.N * g.C, g.H * g.W, OHW * g.kh * g.kw, [&](const float* block, int64_t p0, int64_t lanes) {
+      plane_groups(x, g.N * g.C, g.H * g.W, OHW, OHW * g.kh * g.kw, [&](const float* block, int64_t p0, int64_t lanes,
+                                                                        vec8::f32x8* v, vec8::i32x8*) {
         for (int64_t oh = 0; oh < g.OH; ++oh) {
           for (int64_t ow = 0; ow < g.OW; ++ow) {
             const Range rh = tab.rows[oh], rw = tab.cols[ow];
-            vec8::f32x8 v = vec8::broadcast(0.0f);
-            if (!rh.empty() && !rw.empty()) {
-              v = vec8::divide(block_window_sum(block, g.W, rh, rw, g.dh, g.dw), tab.divisors[oh * g.OW + ow]);
-            }
-            for (int64_t l = 0; l < lanes; ++l) y[(p0 + l) * OHW + oh * g.OW + ow] = static_cast<scalar_t>(v[l]);
+            v[oh * g.OW + ow] = rh.empty() || rw.empty() ? vec8::broadcast(0.0f)
+                                : vec8::divide(block_window_sum(block, g.W, rh, rw, g.dh, g.dw),
+                                               tab.divisors[oh * g.OW + ow]);
           }
         }
+        store_plane_group(v, OHW, lanes, y + p0 * OHW);
       });
       return;
     }

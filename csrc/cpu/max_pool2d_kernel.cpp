@@ -108,19 +108,27 @@ void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
       std::vector<Range> rows(g.OH), cols(g.OW);  // the windows, once for all groups
       for (int64_t oh = 0; oh < g.OH; ++oh) rows[oh] = max_pool_taps(oh, g.H, g.kh, g.sh, g.ph, g.dh);
       for (int64_t ow = 0; ow < g.OW; ++ow) cols[ow] = max_pool_taps(ow, g.W, g.kw, g.sw, g.pw, g.dw);
-      plane_groups(x, g.N * g.C, g.H * g.W, OHW * g.kh * g.kw, [&](const float* block, int64_t p0, int64_t lanes) {
+      plane_groups(x, g.N * g.C, g.H * g.W, OHW, OHW * g.kh * g.kw, [&](const float* block, int64_t p0, int64_t lanes,
+                                                                        vec8::f32x8* best, vec8::i32x8* arg) {
         for (int64_t oh = 0; oh < g.OH; ++oh) {
           const Range rh = rows[oh];
           for (int64_t ow = 0; ow < g.OW; ++ow) {
             const Range rw = cols[ow];
-            vec8::f32x8 best = vec8::broadcast(lowest_value<float>());
-            vec8::i32x8 arg = vec8::broadcast(-1);
-            if (!rh.empty() && !rw.empty()) block_window_max(block, g.W, rh, rw, best, arg, g.dh, g.dw);
+            const int64_t o = oh * g.OW + ow;
+            best[o] = vec8::broadcast(lowest_value<float>());
+            arg[o] = vec8::broadcast(-1);
+            if (!rh.empty() && !rw.empty()) block_window_max(block, g.W, rh, rw, best[o], arg[o], g.dh, g.dw);
+          }
+        }
+        store_plane_group(best, OHW, lanes, y + p0 * OHW);
+        if constexpr (kIdx && kTaps) {
+          for (int64_t o = 0; o < OHW; ++o) {
             for (int64_t l = 0; l < lanes; ++l) {
-              y[(p0 + l) * OHW + oh * g.OW + ow] = static_cast<scalar_t>(best[l]);
-              if (kIdx) idx[(p0 + l) * OHW + oh * g.OW + ow] = max_pool_store<out_t>(arg[l], oh, ow, g);
+              idx[(p0 + l) * OHW + o] = max_pool_store<out_t>(arg[o][l], o / g.OW, o % g.OW, g);
             }
           }
+        } else if constexpr (kIdx) {
+          store_plane_group(arg, OHW, lanes, idx + p0 * OHW);
         }
       });
       return;

@@ -230,5 +230,16 @@ inline f32x8 divide(f32x8 v, const Div& d) {
 // The max-pool update of max_pool_takes, lane by lane.
 inline i32x8 takes(f32x8 v, f32x8 best) { return (v > best) | (v != v); }
 
+// (best, arg) becomes the result of one row-major scan over the taps of two
+// scans, each over its own taps in increasing index order: the last NaN, else
+// the first of the largest values.
+inline void merge_max(f32x8& best, i32x8& arg, f32x8 other, i32x8 other_arg) {
+  const i32x8 nan = best != best, other_nan = other != other;
+  const i32x8 take = (other_nan & (~nan | (other_arg > arg))) | (other > best) |
+                     ((other == best) & (other_arg < arg));
+  best = take ? other : best;
+  arg = take ? other_arg : arg;
+}
+
 }  // namespace vec8
 }  // namespace poolops
