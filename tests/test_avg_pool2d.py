@@ -147,7 +147,7 @@ def test_reduced_precision_equals_float_rounded(dtype, layout):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("k,s,p", [(3, 2, 1), (2, 2, 0), (3, 3, 1), (5, 3, 2), (3, 1, 1)])
+@pytest.mark.parametrize("k,s,p", [(3, 2, 1), (2, 2, 0), (4, 2, 1), (5, 2, 2), (3, 3, 1), (5, 3, 2), (3, 1, 1)])
 def test_reduced_precision_strides_and_wide_rows(dtype, k, s, p):
     """NCHW half/bfloat16 rows are split by stride phase (PhaseRow): the float result rounded once, also past the
     256-output block of a row, and the NHWC kernel agrees."""

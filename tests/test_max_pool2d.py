@@ -242,10 +242,12 @@ def test_reduced_precision_strides_and_wide_rows(dtype, k, s, p, d):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int32])
-@pytest.mark.parametrize("k,s,p,d", [(3, 2, 1, 1), (2, 2, 0, 1), (3, 1, 1, 1), (3, 3, 1, 2), (2, 2, 1, 2), (4, 4, 0, 1)])
+@pytest.mark.parametrize("k,s,p,d", [(3, 2, 1, 1), (2, 2, 0, 1), (4, 2, 1, 1), (5, 2, 2, 1), (3, 1, 1, 1), (3, 3, 1, 2),
+                                     (2, 2, 1, 2), (4, 4, 0, 1)])
 def test_row_sweep_specials(dtype, k, s, p, d):
     """NCHW rows with enough inner outputs are swept a block at a time (eight float lanes for float, half and
-    bfloat16; wider scalar blocks for the rest), the last block overlapping the one before; planes with shorter
+    bfloat16; wider scalar blocks for the rest; at stride 2 adjacent taps load in pairs, an odd last one reaching
+    back), the last block overlapping the one before; planes with shorter
     rows go eight planes at a time (float, half, bfloat16; six planes here, so the group is part empty). Widths
     from 5 to 150 give torch's values (NaN: the last wins; +-0: the first wins), indices and taps."""
     from poolops._autograd import _taps_to_indices

@@ -70,11 +70,11 @@ inline void sum_row_block(const At& at, int64_t step, int64_t rows, int64_t kw, 
 }
 
 template <int kStep, typename At, typename scalar_t>
-inline void sum_row_vec8(const At& at, int64_t step, int64_t rows, int64_t kw, const float* d, const float* inv,
-                         bool by_mul, scalar_t* y) {
+inline void sum_row_vec8(const At& at, int64_t step, bool pairs, int64_t rows, int64_t kw, const float* d,
+                         const float* inv, bool by_mul, scalar_t* y) {
   vec8::f32x8 acc = vec8::broadcast(0.0f);
   for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t t = 0; t < kw; ++t) acc += vec8::load<kStep>(at(r, t), step);
+    for_each_tap<kStep>(at, r, kw, step, pairs, [&](int64_t, vec8::f32x8 v) { acc += v; });
   }
   vec8::store(y, by_mul ? acc * vec8::load<1>(inv, 1) : acc / vec8::load<1>(d, 1));
 }
@@ -91,6 +91,7 @@ void forward_nchw(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
   constexpr bool kVec = vec8::kSupported<scalar_t>;
   constexpr int kV = kVec ? 8 : 128 / sizeof(acc_t);
   const bool phased = kVec && g.sw > 2;
+  const bool pairs = g.dw == 1 && g.kw >= 2;  // for_each_tap
   const Range inner = inner_columns(g);
   const AvgTables<acc_t> tab(g, opt);
   if constexpr (kVec) {
@@ -115,26 +116,33 @@ void forward_nchw(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.OW * g.kh * g.kw));
   at::parallel_for(0, g.N * g.C * g.OH, grain, [&](int64_t begin, int64_t end) {
     auto phase = phase_rows<acc_t>(g, phased);
+    int64_t oh = begin % g.OH - 1;  // row r is row oh of `plane`, counted without a division per row
+    const scalar_t* plane = x + (begin / g.OH) * g.H * g.W;
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t oh = r % g.OH;
-      const scalar_t* plane = x + (r / g.OH) * g.H * g.W;
+      if (++oh == g.OH) {
+        oh = 0;
+        plane += g.H * g.W;
+      }
       scalar_t* yrow = y + r * g.OW;
-      const Range rh = avg_row_window(oh, g, opt).taps;
+      const Range rh = tab.rows[oh];
       const bool sweep = !rh.empty() && inner.end - inner.begin >= kV;
-      for (int64_t ow = 0; ow < g.OW; ++ow) {
+      for (int64_t ow = 0; ow < g.OW; ++ow) {  // avg_pool_output from the tables
         if (sweep && ow == inner.begin) ow = inner.end;
         if (ow == g.OW) break;
-        yrow[ow] = static_cast<scalar_t>(avg_pool_output<scalar_t, acc_t>(plane, g.W, 1, g, opt, oh, ow));
+        const Range rw = tab.cols[ow];
+        yrow[ow] = rh.empty() || rw.empty() ? scalar_t(0)
+                   : static_cast<scalar_t>(tab.divisors[oh * g.OW + ow](
+                         window_sum<scalar_t, acc_t>(plane, g.W, 1, rh, rw, g.dh, g.dw)));
       }
       if (!sweep) continue;
-      const int64_t rows = (rh.end - rh.begin + g.dh - 1) / g.dh;
+      const int64_t rows = g.dh == 1 ? rh.end - rh.begin : (rh.end - rh.begin + g.dh - 1) / g.dh;
       const acc_t* d = div.d.data() + oh * g.OW;
       const acc_t* inv = div.inv.data() + oh * g.OW;
       const bool by_mul = div.by_mul[oh];
       row_blocks<kV>(plane + rh.begin * g.W, rows, g, inner, phased, phase,
                      [&]<int kStep>(int64_t c0, const auto& at, Step<kStep>, int64_t step) {
         if constexpr (kVec) {
-          sum_row_vec8<kStep>(at, step, rows, g.kw, d + c0, inv + c0, by_mul, yrow + c0);
+          sum_row_vec8<kStep>(at, step, pairs, rows, g.kw, d + c0, inv + c0, by_mul, yrow + c0);
         } else {
           sum_row_block<kV, kStep>(at, step, rows, g.kw, d + c0, inv + c0, by_mul, yrow + c0);
         }

@@ -196,6 +196,28 @@ inline vec8::f32x8 block_window_sum(const float* block, int64_t W, Range rh, Ran
 template <int kStep>
 using Step = std::integral_constant<int, kStep>;
 
+// f(t, v) for the taps t = 0 .. kw - 1 of window row r of a row block, in
+// order, v holding the eight outputs' inputs (row_blocks' at and step). When
+// `pairs` (stride 2, adjacent taps, kw >= 2) a stride-2 row loads its taps two
+// at a time, and an odd last tap reads back into the tap before it.
+template <int kStep, typename At, typename F>
+inline void for_each_tap(const At& at, int64_t r, int64_t kw, int64_t step, bool pairs, const F& f) {
+  if constexpr (kStep == 2) {
+    if (pairs) {
+      int64_t t = 0;
+      for (; t + 1 < kw; t += 2) {
+        vec8::f32x8 even, odd;
+        vec8::load2_pair(at(r, t), even, odd);
+        f(t, even);
+        f(t + 1, odd);
+      }
+      if (t < kw) f(t, vec8::load2_after(at(r, t)));
+      return;
+    }
+  }
+  for (int64_t t = 0; t < kw; ++t) f(t, vec8::load<kStep>(at(r, t), step));
+}
+
 // The inner outputs of one NCHW output row in blocks of kV (the last one
 // overlapping the one before; the range must hold at least kV outputs).
 // block(c0, at, Step<kStep>{}, step) computes outputs c0 .. c0 + kV - 1, where

@@ -53,7 +53,7 @@ inline void max_row_block(const At& at, int64_t step, int64_t rows, int64_t kw, 
 }
 
 template <int kStep, bool kIdx, bool kTaps, typename At, typename scalar_t, typename out_t>
-inline void max_row_vec8(const At& at, int64_t step, int64_t rows, int64_t kw, int32_t first, int32_t row_step,
+inline void max_row_vec8(const At& at, int64_t step, bool pairs, int64_t rows, int64_t kw, int32_t first, int32_t row_step,
                          int32_t tap_step, int32_t out_step, scalar_t* y, out_t* idx) {
   using namespace vec8;
   f32x8 best = broadcast(lowest_value<float>());
@@ -62,11 +62,10 @@ inline void max_row_vec8(const At& at, int64_t step, int64_t rows, int64_t kw, i
     // apart, the NaN winning at the end: what max_pool_takes gives, in three operations a tap, not four.
     f32x8 last_nan = best;
     for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t t = 0; t < kw; ++t) {
-        const f32x8 v = load<kStep>(at(r, t), step);
+      for_each_tap<kStep>(at, r, kw, step, pairs, [&](int64_t, f32x8 v) {
         best = v > best ? v : best;
         last_nan = v != v ? v : last_nan;
-      }
+      });
     }
     store(y, last_nan != last_nan ? last_nan : best);
     return;
@@ -74,17 +73,38 @@ inline void max_row_vec8(const At& at, int64_t step, int64_t rows, int64_t kw, i
   const i32x8 lane = kTaps ? i32x8{} : iota() * out_step;
   i32x8 arg = first + lane;
   for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t t = 0; t < kw; ++t) {
-      const f32x8 v = load<kStep>(at(r, t), step);
+    for_each_tap<kStep>(at, r, kw, step, pairs, [&](int64_t t, f32x8 v) {
       const i32x8 take = takes(v, best);
       best = take ? v : best;
       if (kIdx) arg = take ? (first + static_cast<int32_t>(r) * row_step + static_cast<int32_t>(t) * tap_step) + lane : arg;
-    }
+    });
   }
   store(y, best);
   if (kIdx) {
     for (int j = 0; j < 8; ++j) idx[j] = static_cast<out_t>(arg[j]);
   }
+}
+
+// The value of a border window without its index: one vmaxss a tap, which is
+// max_pool_takes while no NaN is seen; a window holding a NaN is scanned again
+// by max_pool_scan. (max_pool_scan's branch a tap, mispredicted on random
+// data, made the stem's one border output a row cost a third of the row.)
+template <typename scalar_t, typename acc_t>
+acc_t border_max(const scalar_t* plane, int64_t W, Range rh, Range rw, int64_t dh, int64_t dw) {
+  acc_t best = lowest_value<acc_t>();
+  bool nan = false;
+  for (int64_t h = rh.begin; h < rh.end; h += dh) {
+    for (int64_t w = rw.begin; w < rw.end; w += dw) {
+      const acc_t v = static_cast<acc_t>(plane[h * W + w]);
+      best = v > best ? v : best;
+      nan |= v != v;
+    }
+  }
+  if (nan) {
+    int64_t arg;
+    max_pool_scan(plane, W, int64_t(1), W, rh, rw, dh, dw, best, arg);
+  }
+  return best;
 }
 
 // NCHW: one task per output row. Outputs whose window lies inside [0, W) are
@@ -100,14 +120,15 @@ void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
   constexpr bool kVec = vec8::kSupported<scalar_t> && std::is_same_v<index_t, int32_t>;
   constexpr int kV = kVec ? 8 : 128 / sizeof(acc_t);
   const bool phased = kVec && g.sw > 2;
+  const bool pairs = g.dw == 1 && g.kw >= 2;  // for_each_tap
   const Range inner = inner_columns(g);
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.OW * g.kh * g.kw));
+  std::vector<Range> rows(g.OH), cols(g.OW);  // the windows, once for all planes
+  for (int64_t oh = 0; oh < g.OH; ++oh) rows[oh] = max_pool_taps(oh, g.H, g.kh, g.sh, g.ph, g.dh);
+  for (int64_t ow = 0; ow < g.OW; ++ow) cols[ow] = max_pool_taps(ow, g.W, g.kw, g.sw, g.pw, g.dw);
   if constexpr (kVec) {
     if (inner.end - inner.begin < kV && g.H * g.W <= kPlaneGroupMaxHW) {  // rows too short: a lane per plane
       const int64_t OHW = g.OH * g.OW;
-      std::vector<Range> rows(g.OH), cols(g.OW);  // the windows, once for all groups
-      for (int64_t oh = 0; oh < g.OH; ++oh) rows[oh] = max_pool_taps(oh, g.H, g.kh, g.sh, g.ph, g.dh);
-      for (int64_t ow = 0; ow < g.OW; ++ow) cols[ow] = max_pool_taps(ow, g.W, g.kw, g.sw, g.pw, g.dw);
       plane_groups(x, g.N * g.C, g.H * g.W, OHW, OHW * g.kh * g.kw, [&](const float* block, int64_t p0, int64_t lanes,
                                                                         vec8::f32x8* best, vec8::i32x8* arg) {
         for (int64_t oh = 0; oh < g.OH; ++oh) {
@@ -139,34 +160,41 @@ void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
   const index_t out_step = static_cast<index_t>(g.sw);
   at::parallel_for(0, g.N * g.C * g.OH, grain, [&](int64_t begin, int64_t end) {
     auto phase = phase_rows<acc_t>(g, phased);
+    int64_t oh = begin % g.OH - 1;  // row r is row oh of `plane`, counted without a division per row
+    const scalar_t* plane = x + (begin / g.OH) * g.H * g.W;
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t oh = r % g.OH;
-      const scalar_t* plane = x + (r / g.OH) * g.H * g.W;
-      const Range rh = max_pool_taps(oh, g.H, g.kh, g.sh, g.ph, g.dh);
+      if (++oh == g.OH) {
+        oh = 0;
+        plane += g.H * g.W;
+      }
+      const Range rh = rows[oh];
       scalar_t* yrow = y + r * g.OW;
       out_t* irow = kIdx ? idx + r * g.OW : nullptr;
       const bool sweep = !rh.empty() && inner.end - inner.begin >= kV;
       for (int64_t ow = 0; ow < g.OW; ++ow) {
         if (sweep && ow == inner.begin) ow = inner.end;
         if (ow == g.OW) break;
+        if constexpr (!kIdx) {
+          yrow[ow] = static_cast<scalar_t>(border_max<scalar_t, acc_t>(plane, g.W, rh, cols[ow], g.dh, g.dw));
+          continue;
+        }
         acc_t b;
         int64_t a;
-        max_pool_scan(plane, g.W, int64_t(1), g.W, rh, max_pool_taps(ow, g.W, g.kw, g.sw, g.pw, g.dw), g.dh,
-                      g.dw, b, a);
+        max_pool_scan(plane, g.W, int64_t(1), g.W, rh, cols[ow], g.dh, g.dw, b, a);
         yrow[ow] = static_cast<scalar_t>(b);
         if (kIdx) irow[ow] = max_pool_store<out_t>(a, oh, ow, g);
       }
       if (!sweep) continue;
-      const int64_t rows = (rh.end - rh.begin + g.dh - 1) / g.dh;
+      const int64_t nrows = g.dh == 1 ? rh.end - rh.begin : (rh.end - rh.begin + g.dh - 1) / g.dh;
       const int64_t th0 = (rh.begin - (oh * g.sh - g.ph)) / g.dh;  // tap row of the first in-range row
-      row_blocks<kV>(plane + rh.begin * g.W, rows, g, inner, phased, phase,
+      row_blocks<kV>(plane + rh.begin * g.W, nrows, g, inner, phased, phase,
                      [&]<int kStep>(int64_t c0, const auto& at, Step<kStep>, int64_t step) {
         const index_t first = static_cast<index_t>(kTaps ? th0 * g.kw : rh.begin * g.W + c0 * g.sw - g.pw);
         out_t* ib = kIdx ? irow + c0 : nullptr;
         if constexpr (kVec) {
-          max_row_vec8<kStep, kIdx, kTaps>(at, step, rows, g.kw, first, row_step, tap_step, out_step, yrow + c0, ib);
+          max_row_vec8<kStep, kIdx, kTaps>(at, step, pairs, nrows, g.kw, first, row_step, tap_step, out_step, yrow + c0, ib);
         } else {
-          max_row_block<kV, kStep, kIdx, kTaps, acc_t>(at, step, rows, g.kw, first, row_step, tap_step, out_step,
+          max_row_block<kV, kStep, kIdx, kTaps, acc_t>(at, step, nrows, g.kw, first, row_step, tap_step, out_step,
                                                        yrow + c0, ib);
         }
       });

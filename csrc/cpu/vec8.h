@@ -129,6 +129,36 @@ inline f32x8 load(const T* p, int64_t step) {
   }
 }
 
+// Two adjacent taps of a stride-2 row: p[0], p[2], ..., p[14] and p[1], p[3],
+// ..., p[15], reading p[0..15]. bfloat16 pairs are the two halves of each
+// dword of one load; float pairs two loads and two shuffles.
+template <typename T>
+inline void load2_pair(const T* p, f32x8& even, f32x8& odd) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    const u32x8 u = load_raw<u32x8>(p);
+    even = bits_to_f32(u << 16);
+    odd = bits_to_f32(u & 0xFFFF0000u);
+  } else if constexpr (std::is_same_v<T, float>) {
+    const f32x8 a = load_raw<f32x8>(p), b = load_raw<f32x8>(p + 8);
+    even = __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14);
+    odd = __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15);
+  } else {
+    even = load<2>(p, 2);
+    odd = load<2>(p + 1, 2);
+  }
+}
+
+// load<2>(p) for a tap whose p[-1] may be read (the previous tap's first
+// element): bfloat16 takes the high halves of one load from p - 1.
+template <typename T>
+inline f32x8 load2_after(const T* p) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    return bits_to_f32(load_raw<u32x8>(p - 1) & 0xFFFF0000u);
+  } else {
+    return load<2>(p, 2);
+  }
+}
+
 // Sixteen bfloat16 gradients g as static_cast<BFloat16>(0.0f + float(g)), on
 // the bits: -0 becomes +0 and a NaN c10's quiet NaN; other values pass.
 inline u16x16 bf16_plus_zero(u16x16 b) {
