@@ -168,6 +168,22 @@ def test_layouts_and_channel_counts(C):
         assert_same_layout(a, b)
 
 
+@pytest.mark.parametrize("dtype,hw", [(torch.float32, 260), (torch.bfloat16, 370)])
+def test_large_nhwc_outputs_stream(dtype, hw):
+    """NHWC outputs of 16 MiB and more are written with non-temporal stores: the same bits as the NCHW kernel
+    (and as torch's for float), twice in a row into a reused buffer, padding and channel tail included."""
+    for C in (64, 72):  # 72: a tail of 8 channels after the streamed block of 64
+        x = torch.randn(1, C, hw, hw).to(dtype)
+        xl = x.contiguous(memory_format=torch.channels_last)
+        expected = P.avg_pool2d(x, 2, 1, 1, False, False)
+        assert expected.numel() * expected.element_size() >= 16 << 20
+        for _ in range(2):
+            a = P.avg_pool2d(xl, 2, 1, 1, False, False)
+            assert torch.equal(a, expected) and a.is_contiguous(memory_format=torch.channels_last)
+        if dtype == torch.float32:
+            assert torch.equal(a, F.avg_pool2d(xl, 2, 1, 1, False, False))
+
+
 # --- backward ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("cfg", CONFIGS)

