@@ -351,6 +351,23 @@ def test_reduced_precision_grad_is_float_grad_rounded(dtype):
     assert torch.equal(gx, gf.to(dtype))
 
 
+@pytest.mark.parametrize("dtype,hw", [(torch.float32, 260), (torch.bfloat16, 372)])  # planes of 32-byte multiples
+def test_large_nchw_gradients_stream(dtype, hw):
+    """NCHW input gradients of 16 MiB and more are summed plane by plane and written with non-temporal stores:
+    torch's bits for float (indices and taps), the float gradient rounded for bfloat16, twice into a reused
+    buffer."""
+    x = distinct((1, 64, hw, hw), torch.float32, seed=3).to(dtype)
+    g = torch.randn(1, 64, (hw + 1) // 2, (hw + 1) // 2).to(dtype)
+    xf = x.float().requires_grad_()
+    expected = torch.autograd.grad(F.max_pool2d(xf, 3, 2, 1), xf, g.float())[0].to(dtype)
+    assert expected.numel() * expected.element_size() >= 16 << 20
+    for indices in (False, True, False):
+        xm = x.clone().requires_grad_()
+        out = P.max_pool2d(xm, 3, 2, 1, return_indices=indices)
+        gx = torch.autograd.grad(out[0] if indices else out, xm, g)[0]
+        assert torch.equal(gx, expected), indices
+
+
 def test_return_indices_and_no_grad_paths_give_same_gradient():
     x = distinct((2, 3, 8, 8))
     g = torch.randn(2, 3, 4, 4, dtype=torch.float64)

@@ -262,11 +262,15 @@ inline void stream_fence() {
 #endif
 }
 
-// dst[i] = static_cast<T>(src[i]) for i < n, eight at a time from float.
+// dst[i] = static_cast<T>(src[i]) for i < n, eight at a time from float;
+// `stream` (dst aligned to eight elements) with store_stream.
 template <typename S, typename T>
-inline void narrow_copy(const S* src, T* dst, int64_t n) {
+inline void narrow_copy(const S* src, T* dst, int64_t n, bool stream = false) {
   int64_t i = 0;
   if constexpr (std::is_same_v<S, float> && kSupported<T>) {
+    if (stream) {
+      for (; i + 8 <= n; i += 8) store_stream(dst + i, load<1>(src + i, 1));
+    }
     for (; i + 8 <= n; i += 8) store(dst + i, load<1>(src + i, 1));
   }
   for (; i < n; ++i) dst[i] = static_cast<T>(src[i]);
