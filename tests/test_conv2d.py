@@ -323,6 +323,21 @@ def test_backward_identities_and_uncovered_rows():
             assert gi[:, :, -op[0]:].abs().max() == 0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_channels_last_col2im_channel_blocks(dtype):
+    """Channels-last grad_input gathers each pixel's column entries 32 and 8 channels at a time, then the rest
+    one by one: group widths 8, 40 (32 + 8) and 70 (32 + 32 + 6) give conv_transpose2d's result."""
+    tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
+    for C, groups in [(8, 1), (40, 1), (70, 1), (80, 2)]:
+        x, w, _ = make(2, C, 9, 10, 6 * groups, groups, 3, dtype, torch.channels_last)
+        go = torch.randn(2, 6 * groups, 5, 5, generator=torch.Generator().manual_seed(C)).to(dtype)
+        go = go.contiguous(memory_format=torch.channels_last)
+        gi = ops._conv2d_backward_input(go, w, list(x.shape), [2, 2], [1, 1], [1, 1], groups)
+        expected = F.conv_transpose2d(go.double(), w.double(), None, 2, 1, (0, 1), groups)
+        assert gi.is_contiguous(memory_format=torch.channels_last) and gi.dtype == dtype
+        torch.testing.assert_close(gi.double(), expected, **tol)
+
+
 def test_backward_is_deterministic():
     for groups, layout in itertools.product((1, 4), (torch.contiguous_format, torch.channels_last)):
         x, w, _ = make(4, 4, 15, 14, 8, groups, 3, torch.float32, layout)

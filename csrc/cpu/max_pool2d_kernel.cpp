@@ -53,8 +53,8 @@ inline void max_row_block(const At& at, int64_t step, int64_t rows, int64_t kw, 
 }
 
 template <int kStep, bool kIdx, bool kTaps, typename At, typename scalar_t, typename out_t>
-inline void max_row_vec8(const At& at, int64_t step, bool pairs, int64_t rows, int64_t kw, int32_t first, int32_t row_step,
-                         int32_t tap_step, int32_t out_step, scalar_t* y, out_t* idx) {
+inline void max_row_vec8(const At& at, int64_t step, bool pairs, int64_t rows, int64_t kw, int32_t first,
+                         int32_t row_step, int32_t tap_step, int32_t out_step, scalar_t* y, out_t* idx) {
   using namespace vec8;
   f32x8 best = broadcast(lowest_value<float>());
   if constexpr (!kIdx) {
@@ -109,7 +109,8 @@ acc_t border_max(const scalar_t* plane, int64_t W, Range rh, Range rw, int64_t d
 
 // NCHW: one task per output row. Outputs whose window lies inside [0, W) are
 // swept kV at a time (row_blocks); the border outputs, and rows with fewer
-// than kV such outputs, use the shared scalar scan. Float, half and bfloat16
+// than kV such outputs, use the shared scalar scan (border_max for values
+// only). Float, half and bfloat16
 // take eight-float blocks (for strides above 2 their rows are phased), and
 // planes whose rows are too short for a block go eight planes at a time, a
 // lane per plane (plane_groups).
@@ -192,7 +193,8 @@ void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
         const index_t first = static_cast<index_t>(kTaps ? th0 * g.kw : rh.begin * g.W + c0 * g.sw - g.pw);
         out_t* ib = kIdx ? irow + c0 : nullptr;
         if constexpr (kVec) {
-          max_row_vec8<kStep, kIdx, kTaps>(at, step, pairs, nrows, g.kw, first, row_step, tap_step, out_step, yrow + c0, ib);
+          max_row_vec8<kStep, kIdx, kTaps>(at, step, pairs, nrows, g.kw, first, row_step, tap_step, out_step,
+                                           yrow + c0, ib);
         } else {
           max_row_block<kV, kStep, kIdx, kTaps, acc_t>(at, step, nrows, g.kw, first, row_step, tap_step, out_step,
                                                        yrow + c0, ib);
