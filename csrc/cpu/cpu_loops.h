@@ -129,10 +129,8 @@ void plane_groups(const scalar_t* x, int64_t planes, int64_t HW, int64_t OHW, in
 template <typename T, typename V>
 void store_plane_group(const V* v, int64_t OHW, int64_t lanes, T* y) {
   const auto put = [](T* p, V r) {
-    if constexpr (std::is_same_v<T, int64_t>) {
-      typedef int64_t i64x8 __attribute__((vector_size(64)));
-      const i64x8 wide = __builtin_convertvector(r, i64x8);
-      std::memcpy(p, &wide, sizeof(wide));
+    if constexpr (std::is_same_v<V, vec8::i32x8>) {
+      vec8::store_index(p, r);
     } else {
       vec8::store(p, r);
     }

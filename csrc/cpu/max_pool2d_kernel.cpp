@@ -80,9 +80,7 @@ inline void max_row_vec8(const At& at, int64_t step, bool pairs, int64_t rows, i
     });
   }
   store(y, best);
-  if (kIdx) {
-    for (int j = 0; j < 8; ++j) idx[j] = static_cast<out_t>(arg[j]);
-  }
+  if (kIdx) store_index(idx, arg);
 }
 
 // The value of a border window without its index: one vmaxss a tap, which is

@@ -31,6 +31,7 @@ typedef uint8_t u8x8 __attribute__((vector_size(8)));
 typedef uint16_t u16x16 __attribute__((vector_size(32)));
 typedef uint8_t u8x16 __attribute__((vector_size(16)));
 typedef uint8_t u8x32 __attribute__((vector_size(32)));
+typedef int64_t i64x8 __attribute__((vector_size(64)));
 
 // The element types with an eight-float path.
 template <typename T>
@@ -280,6 +281,31 @@ inline void narrow_copy(const S* src, T* dst, int64_t n, bool stream = false) {
 template <typename Div>
 inline f32x8 divide(f32x8 v, const Div& d) {
   return d.by_mul ? v * d.inv : v / d.d;
+}
+
+// Eight argmaxes stored as T (static_cast's value, lane by lane): one
+// conversion and store for int64 indices and one-byte taps.
+template <typename T>
+inline void store_index(T* p, i32x8 v) {
+  if constexpr (std::is_same_v<T, int64_t>) {
+    const i64x8 wide = __builtin_convertvector(v, i64x8);
+    std::memcpy(p, &wide, sizeof(wide));
+  } else if constexpr (std::is_same_v<T, uint8_t>) {
+#if defined(__AVX2__)
+    // The low byte of each dword to the low dword of its 128-bit lane, then the
+    // two lanes' dwords side by side (GCC's own conversion went through scalars).
+    const __m256i ctrl = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,  //
+                                          0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m256i b = _mm256_shuffle_epi8(bit_cast<__m256i>(v), ctrl);
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(p),
+                     _mm_unpacklo_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1)));
+#else
+    const u8x8 narrow = __builtin_convertvector(v, u8x8);
+    std::memcpy(p, &narrow, sizeof(narrow));
+#endif
+  } else {
+    for (int i = 0; i < 8; ++i) p[i] = static_cast<T>(v[i]);
+  }
 }
 
 // The max-pool update of max_pool_takes, lane by lane.
