@@ -73,11 +73,12 @@ inline void max_row_vec8(const At& at, int64_t step, bool pairs, int64_t rows, i
   const i32x8 lane = kTaps ? i32x8{} : iota() * out_step;
   i32x8 arg = first + lane;
   for (int64_t r = 0; r < rows; ++r) {
-    for_each_tap<kStep>(at, r, kw, step, pairs, [&](int64_t t, f32x8 v) {
+    for (int64_t t = 0; t < kw; ++t) {
+      const f32x8 v = load<kStep>(at(r, t), step);
       const i32x8 take = takes(v, best);
       best = take ? v : best;
       if (kIdx) arg = take ? (first + static_cast<int32_t>(r) * row_step + static_cast<int32_t>(t) * tap_step) + lane : arg;
-    });
+    }
   }
   store(y, best);
   if (kIdx) store_index(idx, arg);
@@ -119,7 +120,7 @@ void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
   constexpr bool kVec = vec8::kSupported<scalar_t> && std::is_same_v<index_t, int32_t>;
   constexpr int kV = kVec ? 8 : 128 / sizeof(acc_t);
   const bool phased = kVec && g.sw > 2;
-  const bool pairs = g.dw == 1 && g.kw >= 2;  // for_each_tap
+  const bool pairs = g.dw == 1 && g.kw >= 2 && !getenv("NOPAIRS");  // for_each_tap
   const Range inner = inner_columns(g);
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.OW * g.kh * g.kw));
   std::vector<Range> rows(g.OH), cols(g.OW);  // the windows, once for all planes

@@ -288,8 +288,15 @@ inline f32x8 divide(f32x8 v, const Div& d) {
 template <typename T>
 inline void store_index(T* p, i32x8 v) {
   if constexpr (std::is_same_v<T, int64_t>) {
+#if defined(__AVX2__)
+    // Two vpmovsxdq (GCC's 64-byte vector went through the stack: 5.9 -> 7.1 ms on the stem with indices).
+    const __m256i w = bit_cast<__m256i>(v);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(w)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(w, 1)));
+#else
     const i64x8 wide = __builtin_convertvector(v, i64x8);
     std::memcpy(p, &wide, sizeof(wide));
+#endif
   } else if constexpr (std::is_same_v<T, uint8_t>) {
 #if defined(__AVX2__)
     // The low byte of each dword to the low dword of its 128-bit lane, then the
