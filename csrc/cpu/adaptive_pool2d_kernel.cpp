@@ -44,9 +44,8 @@ int64_t window_cost(const Pool2dGeom& g) {
 template <typename scalar_t, typename RowFn>
 void for_each_output_row(const scalar_t* x, const Pool2dGeom& g, const RowFn& row_fn) {
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.OW * window_cost(g)));
-  at::parallel_for(0, g.N * g.C * g.OH, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) row_fn(x + (r / g.OH) * g.H * g.W, r % g.OH, r);
-  });
+  at::parallel_for(0, g.N * g.C * g.OH, grain,
+                   [&](int64_t begin, int64_t end) { nchw_output_rows(x, begin, end, g, row_fn); });
 }
 
 template <typename scalar_t, typename PixelFn>

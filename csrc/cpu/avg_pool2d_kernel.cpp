@@ -116,13 +116,7 @@ void forward_nchw(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.OW * g.kh * g.kw));
   at::parallel_for(0, g.N * g.C * g.OH, grain, [&](int64_t begin, int64_t end) {
     auto phase = phase_rows<acc_t>(g, phased);
-    int64_t oh = begin % g.OH - 1;  // row r is row oh of `plane`, counted without a division per row
-    const scalar_t* plane = x + (begin / g.OH) * g.H * g.W;
-    for (int64_t r = begin; r < end; ++r) {
-      if (++oh == g.OH) {
-        oh = 0;
-        plane += g.H * g.W;
-      }
+    nchw_output_rows(x, begin, end, g, [&](const scalar_t* plane, int64_t oh, int64_t r) {
       scalar_t* yrow = y + r * g.OW;
       const Range rh = tab.rows[oh];
       const bool sweep = !rh.empty() && inner.end - inner.begin >= kV;
@@ -134,7 +128,7 @@ void forward_nchw(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
                    : static_cast<scalar_t>(tab.divisors[oh * g.OW + ow](
                          window_sum<scalar_t, acc_t>(plane, g.W, 1, rh, rw, g.dh, g.dw)));
       }
-      if (!sweep) continue;
+      if (!sweep) return;
       const int64_t rows = g.dh == 1 ? rh.end - rh.begin : (rh.end - rh.begin + g.dh - 1) / g.dh;
       const acc_t* d = div.d.data() + oh * g.OW;
       const acc_t* inv = div.inv.data() + oh * g.OW;
@@ -147,7 +141,7 @@ void forward_nchw(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
           sum_row_block<kV, kStep>(at, step, rows, g.kw, d + c0, inv + c0, by_mul, yrow + c0);
         }
       });
-    }
+    });
   });
 }
 

@@ -203,6 +203,21 @@ inline vec8::f32x8 block_window_sum(const float* block, int64_t W, Range rh, Ran
 template <int kStep>
 using Step = std::integral_constant<int, kStep>;
 
+// fn(plane, oh, r) for the NCHW output rows r in [begin, end), row oh of
+// `plane`: counted along, not divided out per row.
+template <typename scalar_t, typename Fn>
+inline void nchw_output_rows(const scalar_t* x, int64_t begin, int64_t end, const Pool2dGeom& g, const Fn& fn) {
+  int64_t oh = begin % g.OH;
+  const scalar_t* plane = x + (begin / g.OH) * g.H * g.W;
+  for (int64_t r = begin; r < end; ++r) {
+    fn(plane, oh, r);
+    if (++oh == g.OH) {
+      oh = 0;
+      plane += g.H * g.W;
+    }
+  }
+}
+
 // f(t, v) for the taps t = 0 .. kw - 1 of window row r of a row block, in
 // order, v holding the eight outputs' inputs (row_blocks' at and step). When
 // `pairs` (stride 2, adjacent taps, kw >= 2) a stride-2 row loads its taps two

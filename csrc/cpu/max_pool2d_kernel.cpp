@@ -160,13 +160,7 @@ void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
   const index_t out_step = static_cast<index_t>(g.sw);
   at::parallel_for(0, g.N * g.C * g.OH, grain, [&](int64_t begin, int64_t end) {
     auto phase = phase_rows<acc_t>(g, phased);
-    int64_t oh = begin % g.OH - 1;  // row r is row oh of `plane`, counted without a division per row
-    const scalar_t* plane = x + (begin / g.OH) * g.H * g.W;
-    for (int64_t r = begin; r < end; ++r) {
-      if (++oh == g.OH) {
-        oh = 0;
-        plane += g.H * g.W;
-      }
+    nchw_output_rows(x, begin, end, g, [&](const scalar_t* plane, int64_t oh, int64_t r) {
       const Range rh = rows[oh];
       scalar_t* yrow = y + r * g.OW;
       out_t* irow = kIdx ? idx + r * g.OW : nullptr;
@@ -184,7 +178,7 @@ void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
         yrow[ow] = static_cast<scalar_t>(b);
         if (kIdx) irow[ow] = max_pool_store<out_t>(a, oh, ow, g);
       }
-      if (!sweep) continue;
+      if (!sweep) return;
       const int64_t nrows = g.dh == 1 ? rh.end - rh.begin : (rh.end - rh.begin + g.dh - 1) / g.dh;
       const int64_t th0 = (rh.begin - (oh * g.sh - g.ph)) / g.dh;  // tap row of the first in-range row
       row_blocks<kV>(plane + rh.begin * g.W, nrows, g, inner, phased, phase,
@@ -199,7 +193,7 @@ void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
                                                        yrow + c0, ib);
         }
       });
-    }
+    });
   });
 }
 
