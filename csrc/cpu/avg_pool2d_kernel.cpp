@@ -91,7 +91,7 @@ void forward_nchw(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
   constexpr bool kVec = vec8::kSupported<scalar_t>;
   constexpr int kV = kVec ? 8 : 128 / sizeof(acc_t);
   const bool phased = kVec && g.sw > 2;
-  const bool pairs = g.dw == 1 && g.kw >= 2;  // for_each_tap
+  const bool pairs = tap_pairs(g);
   const Range inner = inner_columns(g);
   const AvgTables<acc_t> tab(g, opt);
   if constexpr (kVec) {

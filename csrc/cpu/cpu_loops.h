@@ -33,12 +33,13 @@ inline int64_t prefetch_ahead(int64_t step, int64_t elem_size) {
   return (4096 + bytes - 1) / bytes * step;
 }
 
-// The cache lines of `bytes` bytes from p (kBytes > 0 fixes the count).
-template <int64_t kBytes>
+// The cache lines of `bytes` bytes from p (kBytes > 0 fixes the count), into
+// every cache level (kLocality 3) or L2 and below (2).
+template <int64_t kBytes, int kLocality = 3>
 inline void prefetch_block(const void* p, int64_t bytes = kBytes) {
   const int64_t n = kBytes > 0 ? kBytes : bytes;
 #pragma GCC unroll 8
-  for (int64_t l = 0; l < n; l += 64) __builtin_prefetch(static_cast<const char*>(p) + l);
+  for (int64_t l = 0; l < n; l += 64) __builtin_prefetch(static_cast<const char*>(p) + l, 0, kLocality);
 }
 
 // Whether a kernel writes its output in pieces of piece_bytes (NHWC pixels,
@@ -220,8 +221,10 @@ inline void nchw_output_rows(const scalar_t* x, int64_t begin, int64_t end, cons
 
 // f(t, v) for the taps t = 0 .. kw - 1 of window row r of a row block, in
 // order, v holding the eight outputs' inputs (row_blocks' at and step). When
-// `pairs` (stride 2, adjacent taps, kw >= 2) a stride-2 row loads its taps two
-// at a time, and an odd last tap reads back into the tap before it.
+// `pairs` (tap_pairs) a stride-2 row loads its taps two at a time, and an odd
+// last tap reads back into the tap before it.
+inline bool tap_pairs(const Pool2dGeom& g) { return g.dw == 1 && g.kw >= 2; }
+
 template <int kStep, typename At, typename F>
 inline void for_each_tap(const At& at, int64_t r, int64_t kw, int64_t step, bool pairs, const F& f) {
   if constexpr (kStep == 2) {
@@ -345,10 +348,8 @@ struct PhaseCover {
       vec8::load2_pair(row + 2 * m, even, odd);
       for (int64_t o = lo[0]; o < hi[0]; ++o) even += vec8::load<1>(delta + m + o, 1);
       for (int64_t o = lo[1]; o < hi[1]; ++o) odd += vec8::load<1>(delta + m + o, 1);
-      const vec8::f32x8 a = __builtin_shufflevector(even, odd, 0, 8, 1, 9, 2, 10, 3, 11);
-      const vec8::f32x8 b = __builtin_shufflevector(even, odd, 4, 12, 5, 13, 6, 14, 7, 15);
-      std::memcpy(row + 2 * m, &a, sizeof(a));
-      std::memcpy(row + 2 * m + 8, &b, sizeof(b));
+      vec8::store(row + 2 * m, __builtin_shufflevector(even, odd, 0, 8, 1, 9, 2, 10, 3, 11));
+      vec8::store(row + 2 * m + 8, __builtin_shufflevector(even, odd, 4, 12, 5, 13, 6, 14, 7, 15));
     }
     for (int64_t w = 2 * m; w < W; ++w) gather(w);
   }

@@ -109,8 +109,8 @@ acc_t border_max(const scalar_t* plane, int64_t W, Range rh, Range rw, int64_t d
 // NCHW: one task per output row. Outputs whose window lies inside [0, W) are
 // swept kV at a time (row_blocks); the border outputs, and rows with fewer
 // than kV such outputs, use the shared scalar scan (border_max for values
-// only). Float, half and bfloat16
-// take eight-float blocks (for strides above 2 their rows are phased), and
+// only). Float, half and bfloat16 take eight-float blocks (for strides above
+// 2 their rows are phased), and
 // planes whose rows are too short for a block go eight planes at a time, a
 // lane per plane (plane_groups).
 template <typename scalar_t, typename index_t, typename out_t, bool kIdx>
@@ -120,7 +120,7 @@ void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
   constexpr bool kVec = vec8::kSupported<scalar_t> && std::is_same_v<index_t, int32_t>;
   constexpr int kV = kVec ? 8 : 128 / sizeof(acc_t);
   const bool phased = kVec && g.sw > 2;
-  const bool pairs = g.dw == 1 && g.kw >= 2 && !getenv("NOPAIRS");  // for_each_tap
+  const bool pairs = tap_pairs(g);
   const Range inner = inner_columns(g);
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.OW * g.kh * g.kw));
   std::vector<Range> rows(g.OH), cols(g.OW);  // the windows, once for all planes

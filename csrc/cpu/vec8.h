@@ -1,10 +1,11 @@
 // One AVX2 register of lanes for the CPU pooling loops, written with GCC/Clang
-// vector extensions (intrinsics only where GCC's own code is slow or inexact:
-// half conversion, widening, the bfloat16 stride-2 shuffle, FMA): eight floats for the NCHW row sweeps (loads widen half
-// and bfloat16 exactly and de-interleave stride-2 inputs; stores round as
-// c10's conversions do), sixteen bfloat16 bit patterns where no arithmetic is
-// needed (the taps backward). The compiler's own vectoriser
-// handles neither reliably (measured 2-9x slower).
+// vector extensions (intrinsics only where GCC's own code is slow or inexact
+// or has no form: half conversion, widening, the bfloat16 stride-2 shuffle,
+// FMA, index narrowing, non-temporal stores): eight floats for the NCHW row
+// sweeps (loads widen half and bfloat16 exactly and de-interleave stride-2
+// inputs; stores round as c10's conversions do), sixteen bfloat16 bit patterns
+// where no arithmetic is needed (the taps backward). The compiler's own
+// vectoriser handles neither reliably (measured 2-9x slower).
 #pragma once
 
 #include <c10/util/BFloat16.h>
