@@ -608,6 +608,33 @@ def test_training_keeps_one_byte_per_output():
     assert big_kernel.grad_fn is not None
 
 
+@pytest.mark.parametrize("fn", [lambda t: P.max_pool2d(t, 3, 2, 1), lambda t: P.max_pool2d(t, 3, 2, 1, return_indices=True)[0],
+                                lambda t: P.max_pool2d(t, 16, 1), lambda t: P.adaptive_max_pool2d(t, 5),
+                                lambda t: P.global_max_pool2d(t)])
+def test_backward_makes_no_index_gradient(fn):
+    """The index output takes no gradient: autograd must not fill one with
+    zeros (8 bytes per output) on every backward."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class IntegerOutputs(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.made = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and not out.is_floating_point():
+                self.made.append(func)
+            return out
+
+    x = torch.randn(2, 3, 20, 20, requires_grad=True)
+    y = fn(x)
+    with IntegerOutputs() as mode:
+        (grad,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    assert mode.made == []
+    assert grad.sum().item() == pytest.approx(y.numel())
+
+
 def test_taps_limits_and_errors():
     with pytest.raises(RuntimeError, match="16x16 window has more than 255 taps"):
         ops.max_pool2d_with_taps(torch.randn(1, 1, 20, 20), [16], [1], [0], [1], False)

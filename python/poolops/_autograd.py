@@ -25,7 +25,15 @@ def _gather_at_indices(t: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
 
 
 # max_pool2d_with_indices: the gradient goes to each window's argmax.
+def _no_zero_grads(ctx):
+    """The index output gets no gradient; left materialized, autograd would
+    fill one with zeros (8 bytes per output) on every backward. The backward
+    then gets None for an output that took no gradient."""
+    ctx.set_materialize_grads(False)
+
+
 def _mp_setup(ctx, inputs, output):
+    _no_zero_grads(ctx)
     x, *params = inputs
     ctx.save_for_backward(output[1])
     ctx.input_size = x.shape
@@ -33,6 +41,8 @@ def _mp_setup(ctx, inputs, output):
 
 
 def _mp_backward(ctx, grad_out, _grad_indices):
+    if grad_out is None:
+        return (None,) * 6
     (indices,) = ctx.saved_tensors
     grad = _below_autograd(_ops._max_pool2d_backward.default, grad_out, indices, ctx.input_size, *ctx.params)
     return grad, None, None, None, None, None
@@ -162,11 +172,14 @@ torch.library.register_autograd("poolops::_global_avg_pool2d_backward", _gap_bwd
 # adaptive_max_pool2d and global_max_pool2d: the gradient goes to the argmax,
 # and the backward's own gradient gathers there.
 def _amp_setup(ctx, inputs, output):
+    _no_zero_grads(ctx)
     ctx.save_for_backward(output[1])
     ctx.input_size = inputs[0].shape
 
 
 def _amp_backward(ctx, grad_out, _grad_indices):
+    if grad_out is None:
+        return None, None
     (indices,) = ctx.saved_tensors
     return _below_autograd(_ops._adaptive_max_pool2d_backward.default, grad_out, indices, ctx.input_size), None
 
@@ -175,6 +188,8 @@ torch.library.register_autograd("poolops::adaptive_max_pool2d", _amp_backward, s
 
 
 def _gmp_backward(ctx, grad_out, _grad_indices):
+    if grad_out is None:
+        return None
     (indices,) = ctx.saved_tensors
     return _below_autograd(_ops._global_max_pool2d_backward.default, grad_out, indices, ctx.input_size)
 
