@@ -141,6 +141,23 @@ def test_adaptive_gradcheck_and_gradgradcheck(out):
         assert torch.autograd.gradgradcheck(fn, (x,))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_adaptive_nhwc_channel_blocks(dtype):
+    """Channels-last max pools scan blocks of 32 (float) or 64 (half, bfloat16) channels in vector registers,
+    then the rest: NaN (the last wins), +-0 ties (the first wins) and -inf give torch's values, signs and
+    indices in every block and in the tail."""
+    x = specials((2, 100, 9, 7), 5).to(dtype).contiguous(memory_format=torch.channels_last)
+    for out in [(7, 7), (3, 4), (2, 1), None]:
+        if out is None:
+            (m, i), (tm, ti) = P.global_max_pool2d(x, True), F.adaptive_max_pool2d(x, 1, True)
+        else:
+            (m, i), (tm, ti) = P.adaptive_max_pool2d(x, out, True), F.adaptive_max_pool2d(x, out, True)
+        assert torch.equal(i, ti) and torch.equal(m.isnan(), tm.isnan())
+        # A NaN's sign is not compared: torch's channels-last bfloat16 max keeps the input's bits, its NCHW
+        # one (and both of ours) gives c10's quiet NaN.
+        assert torch.equal(m.nan_to_num(), tm.nan_to_num()) and torch.equal(m.nan_to_num().signbit(), tm.nan_to_num().signbit())
+
+
 # --- global ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -847,9 +847,42 @@ inline void nhwc_window_max_block(const scalar_t* xn, int64_t W, int64_t C, Rang
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int64_t kCap = kB > 0 ? kB : kLanes;
   if (kB > 0) m = kB;
+  const index_t first = static_cast<index_t>(rh.begin * W + rw.begin);
+  if constexpr (kB > 0 && vec8::kSupported<scalar_t> && sizeof(index_t) == 4) {
+    // In eight-float registers, 32 channels at a time (all 16 AVX2 registers
+    // at 64); the first tap starts the scan. The compiler's own loop widened
+    // bfloat16 lane by lane.
+    constexpr int kV = 4;
+    for (int64_t c = 0; c < kB; c += 8 * kV) {
+      const scalar_t* x0 = xn + first * C + c;
+      vec8::f32x8 best[kV];
+      vec8::i32x8 arg[kV];
+      for (int v = 0; v < kV; ++v) {
+        best[v] = vec8::load<1>(x0 + 8 * v, 1);
+        arg[v] = vec8::broadcast(static_cast<int32_t>(first));
+      }
+      for (int64_t h = rh.begin; h < rh.end; ++h) {
+        for (int64_t w = h == rh.begin ? rw.begin + 1 : rw.begin; w < rw.end; ++w) {
+          const vec8::i32x8 pos = vec8::broadcast(static_cast<int32_t>(h * W + w));
+          const scalar_t* src = xn + (h * W + w) * C + c;
+          if (c == 0) prefetch_block<kB * sizeof(scalar_t)>(src - c + ahead);
+          for (int v = 0; v < kV; ++v) {
+            const vec8::f32x8 x = vec8::load<1>(src + 8 * v, 1);
+            const vec8::i32x8 take = vec8::takes(x, best[v]);
+            best[v] = take ? x : best[v];
+            arg[v] = take ? pos : arg[v];
+          }
+        }
+      }
+      for (int v = 0; v < kV; ++v) {
+        vec8::store(y + c + 8 * v, best[v]);
+        vec8::store_index(idx + c + 8 * v, arg[v]);
+      }
+    }
+    return;
+  }
   acc_t best[kCap];
   index_t arg[kCap];
-  const index_t first = static_cast<index_t>(rh.begin * W + rw.begin);
   for (int64_t j = 0; j < m; ++j) {
     best[j] = lowest_value<acc_t>();
     arg[j] = first;
