@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -48,3 +52,16 @@ def assert_compiled_matches_eager(net, x):
     net(x).sum().backward()
     for a, b in zip(grads, [p.grad for p in net.parameters()]):
         torch.testing.assert_close(a, b)
+
+
+def run_without_avx512(module, test, *dtypes):
+    """module.test(dtype) for each dtype in a fresh process with POOLOPS_AVX512=0, as on an AVX2-only CPU (the
+    AVX-512 paths are chosen once per process)."""
+    code = (f"import sys, torch; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
+            f"import {module} as t\n"
+            f"for dt in ({', '.join(str(d) for d in dtypes)},):\n"
+            f"    t.{test}(dt)\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, POOLOPS_AVX512="0"),
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]

@@ -9,7 +9,7 @@ import poolops.functional as P
 from poolops import _reference as ref
 from poolops._args import avg_pool2d_output_shape
 
-from common import FLOAT_DTYPES, LAYOUTS, assert_compiled_matches_eager, assert_same_layout, needs_cuda
+from common import FLOAT_DTYPES, LAYOUTS, assert_compiled_matches_eager, assert_same_layout, needs_cuda, run_without_avx512
 
 ops = torch.ops.poolops
 pair = lambda v: v if isinstance(v, tuple) else (v, v)  # noqa: E731
@@ -166,6 +166,24 @@ def test_layouts_and_channel_counts(C):
         a, b = P.avg_pool2d(t, 3, 2, 1), F.avg_pool2d(t, 3, 2, 1)
         assert torch.equal(a, b)
         assert_same_layout(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_nhwc_sums_in_channel_blocks(dtype):
+    """Channels-last half/bfloat16 sums run in blocks of 64 channels (sixteen-float registers with AVX-512,
+    eight-float without), then the rest: the float result rounded once, the same bits as the NCHW kernels, for
+    avg, adaptive avg and global avg pooling."""
+    x = torch.randn(2, 64 * 2 + 16 + 3, 9, 10).to(dtype)
+    xl = x.contiguous(memory_format=torch.channels_last)
+    for pool in (lambda t: P.avg_pool2d(t, 3, 2, 1), lambda t: P.avg_pool2d(t, 2, 2, 0, True, False),
+                 lambda t: P.adaptive_avg_pool2d(t, (4, 3)), P.global_avg_pool2d):
+        a = pool(xl)
+        assert a.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(a, pool(x)) and torch.equal(a, pool(x.float()).to(dtype))
+
+
+def test_nhwc_sums_without_avx512():
+    run_without_avx512("test_avg_pool2d", "test_nhwc_sums_in_channel_blocks", torch.float16, torch.bfloat16)
 
 
 @pytest.mark.parametrize("dtype,hw", [(torch.float32, 260), (torch.bfloat16, 370)])

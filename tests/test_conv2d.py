@@ -12,7 +12,7 @@ import poolops
 import poolops.functional as P
 from poolops import _reference as ref
 
-from common import assert_compiled_matches_eager, needs_cuda
+from common import assert_compiled_matches_eager, needs_cuda, run_without_avx512
 
 ops = torch.ops.poolops
 
@@ -93,14 +93,8 @@ def test_values_vs_torch_and_reference(dtype, layout):
 
 def test_depthwise_nhwc_tiles_without_avx512():
     """POOLOPS_AVX512=0 (as on an AVX2-only CPU): the eight-float tiles take every channel block."""
-    code = ("import sys, torch; sys.path.insert(0, %r)\n"
-            "import test_conv2d as t\n"
-            "for dt in (torch.float32, torch.bfloat16, torch.float16):\n"
-            "    t.test_depthwise_nhwc_tiles_match_nchw_bits(dt)\n"
-            "print('ok')\n") % os.path.dirname(os.path.abspath(__file__))
-    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, POOLOPS_AVX512="0"),
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+    run_without_avx512("test_conv2d", "test_depthwise_nhwc_tiles_match_nchw_bits",
+                       torch.float32, torch.bfloat16, torch.float16)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

@@ -18,6 +18,7 @@
 #include "../conv_args.h"
 #include "cpu_loops.h"
 #include "gemm.h"
+#include "vec16.h"
 
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -545,47 +546,15 @@ inline void depthwise_nhwc_tile(const T* x, int64_t ustep, const float* wv, cons
 }
 
 #if defined(__x86_64__)
-// GCC 12's AVX-512 conversion intrinsics start from an undefined register and warn about it.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 // depthwise_nhwc_tile in sixteen-float registers (AVX-512F, chosen at run
 // time): the same lane arithmetic, so the same bits.
-template <typename T>
-__attribute__((target("avx512f"))) inline __m512 load16(const T* p) {
-  if constexpr (std::is_same_v<T, float>) {
-    return _mm512_loadu_ps(p);
-  } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-  } else {
-    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  }
-}
-
-// Rounds as vec8::narrow (nearest even; NaN to c10's quiet NaN for bfloat16).
-template <typename T>
-__attribute__((target("avx512f"))) inline void store16(T* p, __m512 v) {
-  if constexpr (std::is_same_v<T, float>) {
-    _mm512_storeu_ps(p, v);
-  } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    const __m512i u = _mm512_castps_si512(v);
-    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
-    r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), r, _mm512_set1_epi32(0x7FC0));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
-  } else {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
-  }
-}
-
 template <int kU, int kV, typename T>
 __attribute__((target("avx512f"))) void depthwise_nhwc_tile16(const T* x, int64_t ustep, const float* wv,
                                                               const T* bias, T* y, int64_t C, const int64_t* src,
                                                               const int64_t* wrow, int64_t nt) {
   __m512 acc[kU][kV];
   for (int v = 0; v < kV; ++v) {
-    const __m512 b = bias ? load16(bias + 16 * v) : _mm512_setzero_ps();
+    const __m512 b = bias ? vec16::load(bias + 16 * v) : _mm512_setzero_ps();
     for (int u = 0; u < kU; ++u) acc[u][v] = b;
   }
   for (int64_t t = 0; t < nt; ++t) {
@@ -593,14 +562,13 @@ __attribute__((target("avx512f"))) void depthwise_nhwc_tile16(const T* x, int64_
     __m512 wk[kV];
     for (int v = 0; v < kV; ++v) wk[v] = _mm512_loadu_ps(wv + wrow[t] + 16 * v);
     for (int u = 0; u < kU; ++u) {
-      for (int v = 0; v < kV; ++v) acc[u][v] = _mm512_fmadd_ps(wk[v], load16(in + u * ustep + 16 * v), acc[u][v]);
+      for (int v = 0; v < kV; ++v) acc[u][v] = _mm512_fmadd_ps(wk[v], vec16::load(in + u * ustep + 16 * v), acc[u][v]);
     }
   }
   for (int u = 0; u < kU; ++u) {
-    for (int v = 0; v < kV; ++v) store16(y + u * C + 16 * v, acc[u][v]);
+    for (int v = 0; v < kV; ++v) vec16::store(y + u * C + 16 * v, acc[u][v]);
   }
 }
-#pragma GCC diagnostic pop
 #endif
 
 // One task per run of output pixels, channels blocked in registers. Float

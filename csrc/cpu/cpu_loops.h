@@ -19,6 +19,8 @@
 #include <vector>
 
 #include "../pool_math.h"
+#include "gemm.h"
+#include "vec16.h"
 #include "vec8.h"
 
 namespace poolops {
@@ -922,6 +924,31 @@ void nhwc_window_max(const scalar_t* xn, int64_t W, int64_t C, int64_t channels,
   }
 }
 
+#if defined(__x86_64__)
+// nhwc_window_sum_block for kB half or bfloat16 channels in sixteen-float
+// registers (AVX-512F, chosen at run time; in eight-float registers their
+// widening and rounding made these sums slower than float's): the same lane
+// arithmetic, and finish applied to each eight-float half, so the same bits.
+template <int kB, typename T, typename Finish>
+__attribute__((target("avx512f"))) void nhwc_window_sum16(const T* xn, int64_t W, int64_t C, Range rh, Range rw, T* y,
+                                                          const Finish& finish, int64_t dh, int64_t dw, int64_t ahead,
+                                                          bool stream) {
+  constexpr int kV = kB / 16;
+  const T* first = xn + (rh.begin * W + rw.begin) * C;
+  __m512 acc[kV];
+  prefetch_block<kB * sizeof(T)>(first + ahead);
+  for (int v = 0; v < kV; ++v) acc[v] = _mm512_add_ps(_mm512_setzero_ps(), vec16::load(first + 16 * v));
+  for (int64_t h = rh.begin; h < rh.end; h += dh) {
+    for (int64_t w = h == rh.begin ? rw.begin + dw : rw.begin; w < rw.end; w += dw) {
+      const T* src = xn + (h * W + w) * C;
+      prefetch_block<kB * sizeof(T)>(src + ahead);
+      for (int v = 0; v < kV; ++v) acc[v] = _mm512_add_ps(acc[v], vec16::load(src + 16 * v));
+    }
+  }
+  for (int v = 0; v < kV; ++v) vec16::store(y + 16 * v, vec16::each_half(acc[v], finish), stream);
+}
+#endif
+
 // Window sum of m channels of one NHWC image over a non-empty window in
 // row-major tap order (taps dh and dw apart), then finish(sum) stored; kB as
 // in nhwc_window_max_block.
@@ -933,6 +960,11 @@ inline void nhwc_window_sum_block(const scalar_t* xn, int64_t W, int64_t C, Rang
   constexpr int64_t kCap = kB > 0 ? kB : kLanes;
   if (kB > 0) m = kB;
   const scalar_t* first = xn + (rh.begin * W + rw.begin) * C;
+#if defined(__x86_64__)
+  if constexpr (kB > 0 && vec8::kSupported<scalar_t> && sizeof(scalar_t) == 2) {
+    if (avx512_enabled()) return nhwc_window_sum16<kB>(xn, W, C, rh, rw, y, finish, dh, dw, ahead, stream);
+  }
+#endif
   if constexpr (kB > 0 && vec8::kSupported<scalar_t>) {
     // The same sums in eight-float registers (the compiler's own widening of
     // half and bfloat16 took six instructions per register; its rounding was scalar).

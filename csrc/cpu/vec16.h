@@ -1,0 +1,73 @@
+// Sixteen floats in an AVX-512 register, for functions built with
+// __attribute__((target("avx512f"))) and called only when avx512_enabled():
+// the library itself is built for AVX2 (see vec8.h).
+#pragma once
+
+#if defined(__x86_64__)
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <immintrin.h>
+
+#include <type_traits>
+
+#include "vec8.h"
+
+namespace poolops {
+namespace vec16 {
+
+// GCC 12's AVX-512 conversion intrinsics start from an undefined register and warn about it.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+// p[0..15] as floats (exact for half and bfloat16).
+template <typename T>
+__attribute__((target("avx512f"))) inline __m512 load(const T* p) {
+  if constexpr (std::is_same_v<T, float>) {
+    return _mm512_loadu_ps(p);
+  } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  } else {
+    static_assert(std::is_same_v<T, c10::Half>);
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+}
+
+// p[0..15] = v as T, rounding as vec8::narrow (nearest even; NaN to c10's
+// quiet NaN for bfloat16); `stream` as vec8::store_stream (p aligned to the
+// bytes stored).
+template <typename T>
+__attribute__((target("avx512f"))) inline void store(T* p, __m512 v, bool stream = false) {
+  if constexpr (std::is_same_v<T, float>) {
+    stream ? _mm512_stream_ps(p, v) : _mm512_storeu_ps(p, v);
+    return;
+  }
+  __m256i bits;
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
+    r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), r, _mm512_set1_epi32(0x7FC0));
+    bits = _mm512_cvtepi32_epi16(r);
+  } else if constexpr (std::is_same_v<T, c10::Half>) {
+    bits = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT);
+  }
+  __m256i* dst = reinterpret_cast<__m256i*>(p);
+  stream ? _mm256_stream_si256(dst, bits) : _mm256_storeu_si256(dst, bits);
+}
+
+// fn (taking and giving vec8::f32x8) applied to each eight-float half of v.
+template <typename Fn>
+__attribute__((target("avx512f"))) inline __m512 each_half(__m512 v, const Fn& fn) {
+  const auto half = [&](__m256 h) { return vec8::bit_cast<__m256d>(fn(vec8::bit_cast<vec8::f32x8>(h))); };
+  const __m256d lo = half(_mm512_castps512_ps256(v));
+  const __m256d hi = half(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(lo), hi, 1));
+}
+
+#pragma GCC diagnostic pop
+
+}  // namespace vec16
+}  // namespace poolops
+#endif
