@@ -10,7 +10,7 @@ import poolops.functional as P
 from poolops import _reference as ref
 from poolops._args import max_pool2d_output_shape
 
-from common import DEVICES, FLOAT_DTYPES, LAYOUTS, assert_same_layout, distinct, needs_cuda, specials
+from common import DEVICES, FLOAT_DTYPES, LAYOUTS, assert_same_layout, distinct, needs_cuda, run_without_avx512, specials
 
 ops = torch.ops.poolops
 
@@ -271,6 +271,32 @@ def test_row_sweep_specials(dtype, k, s, p, d):
         params = [[v] for v in (k, s, p, d)]
         out, taps = ops.max_pool2d_with_taps(x, *params, False)
         assert torch.equal(_taps_to_indices(taps, x.shape, *params), ib) and torch.equal(out.isnan(), b.isnan())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_nhwc_channel_blocks_specials(dtype):
+    """Channels-last windows scan blocks of 32 channels in vector registers (sixteen floats with AVX-512, eight
+    without), then the rest: torch's values (NaN: the last wins; +-0: the first wins) and indices in every
+    block and the tail, the values-only kernel's same bits, and taps that decode to the indices."""
+    from poolops._autograd import _taps_to_indices
+
+    x = specials((2, 32 * 2 + 16 + 5, 9, 11), 3).to(dtype).contiguous(memory_format=torch.channels_last)
+    for k, s, p, d, ceil in [(3, 2, 1, 1, False), (2, 2, 0, 1, True), (3, 1, 1, 2, False), ((2, 3), (1, 2), (1, 0), 1, True)]:
+        (a, ia), (b, ib) = both(x, k, s, p, d, ceil, return_indices=True)
+        assert torch.equal(ia, ib) and torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
+        assert torch.equal(a.nan_to_num().signbit(), b.nan_to_num().signbit())
+        bits = getattr(torch, f"int{dtype.itemsize * 8}")
+        assert torch.equal(P.max_pool2d(x, k, s, p, d, ceil).view(bits), a.view(bits))
+        params = [list(v) if isinstance(v, tuple) else [v] for v in (k, s, p, d)]
+        out, taps = ops.max_pool2d_with_taps(x, *params, ceil)
+        assert torch.equal(out.view(bits), a.view(bits)) and torch.equal(_taps_to_indices(taps, x.shape, *params), ib)
+
+
+def test_nhwc_channel_blocks_without_avx512():
+    run_without_avx512("test_max_pool2d", "test_nhwc_channel_blocks_specials", torch.float32, torch.float16,
+                       torch.bfloat16)
+    run_without_avx512("test_adaptive_global", "test_adaptive_nhwc_channel_blocks", torch.float32, torch.float16,
+                       torch.bfloat16)
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])

@@ -839,6 +839,47 @@ void argmax_backward(const scalar_t* gout, const stored_t* idx, scalar_t* gin, c
               taps_allowed ? std::to_string(g.kh * g.kw) + " and not 255)" : std::string());
 }
 
+#if defined(__x86_64__)
+// The max and argmax of kB channels of one NHWC image over a non-empty window
+// (taps dh and dw apart) in sixteen-float registers (AVX-512F, chosen at run
+// time): max_pool_takes lane by lane in row-major tap order, the first tap
+// starting the scan, so the same result as the scalar scan. id(h, w, th, tw)
+// (th, tw: the tap's rank in the window's in-range rows and columns) is what
+// idx stores for the tap; without kIdx only the maxima are stored.
+template <int kB, bool kIdx, typename T, typename out_t, typename Id>
+__attribute__((target("avx512f"))) void nhwc_window_max16(const T* xn, int64_t W, int64_t C, Range rh, Range rw,
+                                                          int64_t dh, int64_t dw, T* y, out_t* idx, const Id& id,
+                                                          int64_t ahead) {
+  constexpr int kV = kB / 16;
+  const T* x0 = xn + (rh.begin * W + rw.begin) * C;
+  __m512 best[kV];
+  __m512i arg[kV];
+  prefetch_block<kB * sizeof(T)>(x0 + ahead);
+  for (int v = 0; v < kV; ++v) {
+    best[v] = vec16::load(x0 + 16 * v);
+    arg[v] = _mm512_set1_epi32(id(rh.begin, rw.begin, 0, 0));
+  }
+  for (int64_t h = rh.begin, th = 0; h < rh.end; h += dh, ++th) {
+    for (int64_t w = rw.begin, tw = 0; w < rw.end; w += dw, ++tw) {
+      if (th == 0 && tw == 0) continue;
+      const T* src = xn + (h * W + w) * C;
+      prefetch_block<kB * sizeof(T)>(src + ahead);
+      const __m512i pos = _mm512_set1_epi32(kIdx ? id(h, w, th, tw) : 0);
+      for (int v = 0; v < kV; ++v) {
+        const __m512 x = vec16::load(src + 16 * v);
+        const __mmask16 take = _mm512_cmp_ps_mask(x, best[v], _CMP_GT_OQ) | _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+        best[v] = _mm512_mask_mov_ps(best[v], take, x);
+        if (kIdx) arg[v] = _mm512_mask_mov_epi32(arg[v], take, pos);
+      }
+    }
+  }
+  for (int v = 0; v < kV; ++v) {
+    vec16::store(y + 16 * v, best[v]);
+    if (kIdx) vec16::store_index(idx + 16 * v, arg[v]);
+  }
+}
+#endif
+
 // Max over the window rh x rw of one NHWC image for m channels, each scanned in
 // row-major tap order. kB > 0 fixes m = kB so the running maxima stay in vector
 // registers across the taps (each tap prefetching its block `ahead` elements
@@ -850,6 +891,15 @@ inline void nhwc_window_max_block(const scalar_t* xn, int64_t W, int64_t C, Rang
   constexpr int64_t kCap = kB > 0 ? kB : kLanes;
   if (kB > 0) m = kB;
   const index_t first = static_cast<index_t>(rh.begin * W + rw.begin);
+#if defined(__x86_64__)
+  if constexpr (kB > 0 && vec8::kSupported<scalar_t> && sizeof(index_t) == 4) {
+    if (avx512_enabled()) {
+      return nhwc_window_max16<kB, true>(xn, W, C, rh, rw, 1, 1, y, idx,
+                                         [W](int64_t h, int64_t w, int64_t, int64_t) { return int32_t(h * W + w); },
+                                         ahead);
+    }
+  }
+#endif
   if constexpr (kB > 0 && vec8::kSupported<scalar_t> && sizeof(index_t) == 4) {
     // In eight-float registers, 32 channels at a time (all 16 AVX2 registers
     // at 64); the first tap starts the scan. The compiler's own loop widened

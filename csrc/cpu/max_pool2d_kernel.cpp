@@ -224,6 +224,16 @@ inline void nhwc_block(const scalar_t* xn, scalar_t* y, out_t* idx, const Pool2d
   // always replaces -inf unless it is -inf itself): a constant fill of the
   // block can turn into a slow memset instead of staying in registers.
   const bool empty = rh.empty() || rw.empty();
+#if defined(__x86_64__)
+  if constexpr (kB > 0 && vec8::kSupported<scalar_t> && sizeof(index_t) == 4) {
+    if (!empty && avx512_enabled()) {
+      const auto id = [&](int64_t h, int64_t w, int64_t th, int64_t tw) {
+        return int32_t(kTaps ? (th0 + th) * g.kw + tw0 + tw : h * g.W + w);
+      };
+      return nhwc_window_max16<kB, kIdx>(xn, g.W, g.C, rh, rw, g.dh, g.dw, y, idx, id, ahead);
+    }
+  }
+#endif
   const scalar_t* src0 = xn + (rh.begin * g.W + rw.begin) * g.C;
   if (kB > 0) prefetch_block<kB * sizeof(scalar_t)>(src0 + ahead);
   for (int64_t j = 0; j < m; ++j) {

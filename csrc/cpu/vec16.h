@@ -8,6 +8,7 @@
 #include <c10/util/Half.h>
 #include <immintrin.h>
 
+#include <cstdint>
 #include <type_traits>
 
 #include "vec8.h"
@@ -55,6 +56,18 @@ __attribute__((target("avx512f"))) inline void store(T* p, __m512 v, bool stream
   }
   __m256i* dst = reinterpret_cast<__m256i*>(p);
   stream ? _mm256_stream_si256(dst, bits) : _mm256_storeu_si256(dst, bits);
+}
+
+// Sixteen argmaxes (int32 lanes) stored as T: int64 indices or one-byte taps.
+template <typename T>
+__attribute__((target("avx512f"))) inline void store_index(T* p, __m512i v) {
+  if constexpr (std::is_same_v<T, int64_t>) {
+    _mm512_storeu_si512(p, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(v)));
+    _mm512_storeu_si512(p + 8, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v, 1)));
+  } else {
+    static_assert(std::is_same_v<T, uint8_t>);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(v));
+  }
 }
 
 // fn (taking and giving vec8::f32x8) applied to each eight-float half of v.
