@@ -54,13 +54,13 @@ def assert_compiled_matches_eager(net, x):
         torch.testing.assert_close(a, b)
 
 
-def run_without_avx512(module, test, *dtypes):
-    """module.test(dtype) for each dtype in a fresh process with POOLOPS_AVX512=0, as on an AVX2-only CPU (the
-    AVX-512 paths are chosen once per process)."""
+def run_without_avx512(module, test, calls):
+    """module.test(*args) for each args in calls (tuples of dtypes, numbers and tuples of them) in a fresh process
+    with POOLOPS_AVX512=0, as on an AVX2-only CPU (the AVX-512 paths are chosen once per process)."""
     code = (f"import sys, torch; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
             f"import {module} as t\n"
-            f"for dt in ({', '.join(str(d) for d in dtypes)},):\n"
-            f"    t.{test}(dt)\n"
+            f"for args in {calls!r}:\n"
+            f"    t.{test}(*args)\n"
             "print('ok')\n")
     out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, POOLOPS_AVX512="0"),
                          capture_output=True, text=True, timeout=600)

@@ -183,7 +183,7 @@ def test_nhwc_sums_in_channel_blocks(dtype):
 
 
 def test_nhwc_sums_without_avx512():
-    run_without_avx512("test_avg_pool2d", "test_nhwc_sums_in_channel_blocks", torch.float16, torch.bfloat16)
+    run_without_avx512("test_avg_pool2d", "test_nhwc_sums_in_channel_blocks", [(torch.float16,), (torch.bfloat16,)])
 
 
 @pytest.mark.parametrize("dtype,hw", [(torch.float32, 260), (torch.bfloat16, 370)])

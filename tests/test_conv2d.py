@@ -94,7 +94,7 @@ def test_values_vs_torch_and_reference(dtype, layout):
 def test_depthwise_nhwc_tiles_without_avx512():
     """POOLOPS_AVX512=0 (as on an AVX2-only CPU): the eight-float tiles take every channel block."""
     run_without_avx512("test_conv2d", "test_depthwise_nhwc_tiles_match_nchw_bits",
-                       torch.float32, torch.bfloat16, torch.float16)
+                       [(torch.float32,), (torch.bfloat16,), (torch.float16,)])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

@@ -245,8 +245,8 @@ def test_reduced_precision_strides_and_wide_rows(dtype, k, s, p, d):
 @pytest.mark.parametrize("k,s,p,d", [(3, 2, 1, 1), (2, 2, 0, 1), (4, 2, 1, 1), (5, 2, 2, 1), (3, 1, 1, 1), (3, 3, 1, 2),
                                      (2, 2, 1, 2), (4, 4, 0, 1)])
 def test_row_sweep_specials(dtype, k, s, p, d):
-    """NCHW rows with enough inner outputs are swept a block at a time (eight float lanes for float, half and
-    bfloat16; wider scalar blocks for the rest; at stride 2 adjacent taps load in pairs, an odd last one reaching
+    """NCHW rows with enough inner outputs are swept a block at a time (sixteen float lanes with AVX-512 for float,
+    half and bfloat16 when a row has 16 such outputs, else eight; wider scalar blocks for the rest; at stride 2 adjacent taps load in pairs, an odd last one reaching
     back), the last block overlapping the one before; planes with shorter
     rows go eight planes at a time (float, half, bfloat16; six planes here, so the group is part empty). Widths
     from 5 to 150 give torch's values (NaN: the last wins; +-0: the first wins), indices and taps."""
@@ -292,11 +292,13 @@ def test_nhwc_channel_blocks_specials(dtype):
         assert torch.equal(out.view(bits), a.view(bits)) and torch.equal(_taps_to_indices(taps, x.shape, *params), ib)
 
 
-def test_nhwc_channel_blocks_without_avx512():
-    run_without_avx512("test_max_pool2d", "test_nhwc_channel_blocks_specials", torch.float32, torch.float16,
-                       torch.bfloat16)
-    run_without_avx512("test_adaptive_global", "test_adaptive_nhwc_channel_blocks", torch.float32, torch.float16,
-                       torch.bfloat16)
+def test_vector_blocks_without_avx512():
+    """The eight-float paths that AVX-512 replaces here: NCHW row blocks and channels-last channel blocks."""
+    dtypes = [(torch.float32,), (torch.float16,), (torch.bfloat16,)]
+    run_without_avx512("test_max_pool2d", "test_nhwc_channel_blocks_specials", dtypes)
+    run_without_avx512("test_adaptive_global", "test_adaptive_nhwc_channel_blocks", dtypes)
+    run_without_avx512("test_max_pool2d", "test_row_sweep_specials",
+                       [dt + ksp for dt in dtypes for ksp in [(3, 2, 1, 1), (2, 2, 0, 1), (3, 1, 1, 1), (3, 3, 1, 2)]])
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])

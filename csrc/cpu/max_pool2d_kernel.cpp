@@ -12,6 +12,7 @@
 
 #include "../pool_args.h"
 #include "cpu_loops.h"
+#include "vec16.h"
 #include "vec8.h"
 
 namespace poolops {
@@ -84,6 +85,55 @@ inline void max_row_vec8(const At& at, int64_t step, bool pairs, int64_t rows, i
   if (kIdx) store_index(idx, arg);
 }
 
+#if defined(__x86_64__)
+// max_row_vec8 for sixteen outputs in one AVX-512 register (chosen at run
+// time): the same operations lane by lane.
+template <int kStep, bool kIdx, bool kTaps, typename At, typename scalar_t, typename out_t>
+__attribute__((target("avx512f"))) void max_row_vec16(const At& at, int64_t step, bool pairs, int64_t rows, int64_t kw,
+                                                      int32_t first, int32_t row_step, int32_t tap_step,
+                                                      int32_t out_step, scalar_t* y, out_t* idx) {
+  __m512 best = _mm512_set1_ps(lowest_value<float>());
+  if constexpr (!kIdx) {
+    __m512 last_nan = best;
+    for (int64_t r = 0; r < rows; ++r) {
+      int64_t t = 0;
+      __m512 v[2];
+      int n = 0;
+      for (; t < kw; t += n) {
+        if (kStep == 2 && pairs && t + 1 < kw) {
+          vec16::load2_pair(at(r, t), v[0], v[1]);
+          n = 2;
+        } else {
+          v[0] = kStep == 2 && pairs && t > 0 ? vec16::load2_after(at(r, t)) : vec16::load<kStep>(at(r, t), step);
+          n = 1;
+        }
+        for (int i = 0; i < n; ++i) {
+          best = vec16::max_over(v[i], best);
+          last_nan = _mm512_mask_mov_ps(last_nan, _mm512_cmp_ps_mask(v[i], v[i], _CMP_UNORD_Q), v[i]);
+        }
+      }
+    }
+    vec16::store(y, _mm512_mask_mov_ps(best, _mm512_cmp_ps_mask(last_nan, last_nan, _CMP_UNORD_Q), last_nan));
+    return;
+  }
+  const __m512i lane = kTaps ? _mm512_setzero_si512()
+                             : _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                                  _mm512_set1_epi32(out_step));
+  __m512i arg = _mm512_add_epi32(_mm512_set1_epi32(first), lane);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t t = 0; t < kw; ++t) {
+      const __m512 v = vec16::load<kStep>(at(r, t), step);
+      const __mmask16 take = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+      best = _mm512_mask_mov_ps(best, take, v);
+      const int32_t tap = first + static_cast<int32_t>(r) * row_step + static_cast<int32_t>(t) * tap_step;
+      arg = _mm512_mask_mov_epi32(arg, take, _mm512_add_epi32(_mm512_set1_epi32(tap), lane));
+    }
+  }
+  vec16::store(y, best);
+  vec16::store_index(idx, arg);
+}
+#endif
+
 // The value of a border window without its index: one vmaxss a tap, which is
 // max_pool_takes while no NaN is seen; a window holding a NaN is scanned again
 // by max_pool_scan. (max_pool_scan's branch a tap, mispredicted on random
@@ -122,6 +172,8 @@ void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
   const bool phased = kVec && g.sw > 2;
   const bool pairs = tap_pairs(g);
   const Range inner = inner_columns(g);
+  // Rows of 16 inner outputs or more take sixteen-float blocks with AVX-512.
+  const bool wide = kVec && avx512_enabled() && inner.end - inner.begin >= 16;
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.OW * g.kh * g.kw));
   std::vector<Range> rows(g.OH), cols(g.OW);  // the windows, once for all planes
   for (int64_t oh = 0; oh < g.OH; ++oh) rows[oh] = max_pool_taps(oh, g.H, g.kh, g.sh, g.ph, g.dh);
@@ -181,6 +233,19 @@ void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
       if (!sweep) return;
       const int64_t nrows = g.dh == 1 ? rh.end - rh.begin : (rh.end - rh.begin + g.dh - 1) / g.dh;
       const int64_t th0 = (rh.begin - (oh * g.sh - g.ph)) / g.dh;  // tap row of the first in-range row
+#if defined(__x86_64__)
+      if constexpr (kVec) {
+        if (wide) {
+          row_blocks<16>(plane + rh.begin * g.W, nrows, g, inner, phased, phase,
+                         [&]<int kStep>(int64_t c0, const auto& at, Step<kStep>, int64_t step) {
+            const int32_t first = static_cast<int32_t>(kTaps ? th0 * g.kw : rh.begin * g.W + c0 * g.sw - g.pw);
+            max_row_vec16<kStep, kIdx, kTaps>(at, step, pairs, nrows, g.kw, first, row_step, tap_step, out_step,
+                                              yrow + c0, kIdx ? irow + c0 : nullptr);
+          });
+          return;
+        }
+      }
+#endif
       row_blocks<kV>(plane + rh.begin * g.W, nrows, g, inner, phased, phase,
                      [&]<int kStep>(int64_t c0, const auto& at, Step<kStep>, int64_t step) {
         const index_t first = static_cast<index_t>(kTaps ? th0 * g.kw : rh.begin * g.W + c0 * g.sw - g.pw);

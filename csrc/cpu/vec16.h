@@ -35,6 +35,53 @@ __attribute__((target("avx512f"))) inline __m512 load(const T* p) {
   }
 }
 
+// Elements p[0], p[step], ..., p[15 * step] as floats; kStep > 0 fixes step.
+// kStep 2 reads p[0..30] and no further (a row's last element may end the tensor).
+template <int kStep, typename T>
+__attribute__((target("avx512f"))) inline __m512 load(const T* p, int64_t step) {
+  if constexpr (kStep == 1) {
+    return load(p);
+  } else if constexpr (kStep == 2) {
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 17, 19, 21, 23, 25, 27, 29, 31);
+    return _mm512_permutex2var_ps(load(p), even, load(p + 15));
+  } else {
+    const int64_t s = kStep > 0 ? kStep : step;
+    alignas(64) float v[16];
+    for (int i = 0; i < 16; ++i) v[i] = static_cast<float>(p[i * s]);
+    return _mm512_load_ps(v);
+  }
+}
+
+// Two adjacent taps of a stride-2 row: p[0], p[2], ..., p[30] and p[1], p[3],
+// ..., p[31], reading p[0..31] (bfloat16: the two halves of each dword of one load).
+template <typename T>
+__attribute__((target("avx512f"))) inline void load2_pair(const T* p, __m512& even, __m512& odd) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    const __m512i u = _mm512_loadu_si512(p);
+    even = _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
+    odd = _mm512_castsi512_ps(_mm512_and_si512(u, _mm512_set1_epi32(int32_t(0xFFFF0000u))));
+  } else if constexpr (std::is_same_v<T, float>) {
+    const __m512 a = _mm512_loadu_ps(p), b = _mm512_loadu_ps(p + 16);
+    const __m512i lanes = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    even = _mm512_permutex2var_ps(a, lanes, b);
+    odd = _mm512_permutex2var_ps(a, _mm512_add_epi32(lanes, _mm512_set1_epi32(1)), b);
+  } else {
+    even = load<2>(p, 2);
+    odd = load<2>(p + 1, 2);
+  }
+}
+
+// load<2>(p) for a tap whose p[-1] may be read (the previous tap's first
+// element): bfloat16 takes the high halves of one load from p - 1.
+template <typename T>
+__attribute__((target("avx512f"))) inline __m512 load2_after(const T* p) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    return _mm512_castsi512_ps(_mm512_and_si512(_mm512_loadu_si512(p - 1), _mm512_set1_epi32(int32_t(0xFFFF0000u))));
+  } else {
+    return load<2>(p, 2);
+  }
+}
+
 // p[0..15] = v as T, rounding as vec8::narrow (nearest even; NaN to c10's
 // quiet NaN for bfloat16); `stream` as vec8::store_stream (p aligned to the
 // bytes stored).
@@ -57,6 +104,9 @@ __attribute__((target("avx512f"))) inline void store(T* p, __m512 v, bool stream
   __m256i* dst = reinterpret_cast<__m256i*>(p);
   stream ? _mm256_stream_si256(dst, bits) : _mm256_storeu_si256(dst, bits);
 }
+
+// v > best ? v : best, lane by lane (one vmaxps: a NaN in v keeps best).
+__attribute__((target("avx512f"))) inline __m512 max_over(__m512 v, __m512 best) { return _mm512_max_ps(v, best); }
 
 // Sixteen argmaxes (int32 lanes) stored as T: int64 indices or one-byte taps.
 template <typename T>
