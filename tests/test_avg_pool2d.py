@@ -122,7 +122,7 @@ CONFIGS = [
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_grid_vs_torch_and_reference(layout):
     """Spec D.1: fp32 bit-exact vs torch; fp64 equal to the reference. Rows of 43 take the NCHW block sweep
-    (eight float lanes, or wider blocks for double), rows of 9 the per-output path."""
+    (sixteen float lanes with AVX-512, else eight; wider blocks for double), rows of 9 the per-output path."""
     for (k, s, p, ceil), cip, div, W in itertools.product(CONFIGS, (True, False), (None, 1, 3, -2), (9, 43)):
         x = torch.randn(2, 5, 11, W, generator=torch.Generator().manual_seed(7))
         for dtype in (torch.float32, torch.float64):
@@ -182,8 +182,12 @@ def test_nhwc_sums_in_channel_blocks(dtype):
         assert torch.equal(a, pool(x)) and torch.equal(a, pool(x.float()).to(dtype))
 
 
-def test_nhwc_sums_without_avx512():
+def test_vector_blocks_without_avx512():
+    """The eight-float paths that AVX-512 replaces here: channels-last channel blocks and NCHW row blocks."""
     run_without_avx512("test_avg_pool2d", "test_nhwc_sums_in_channel_blocks", [(torch.float16,), (torch.bfloat16,)])
+    run_without_avx512("test_avg_pool2d", "test_reduced_precision_strides_and_wide_rows",
+                       [(dt, 3, 2, 1) for dt in (torch.float16, torch.bfloat16)] + [(torch.bfloat16, 2, 2, 0)])
+    run_without_avx512("test_avg_pool2d", "test_grid_vs_torch_and_reference", [(torch.contiguous_format,)])
 
 
 @pytest.mark.parametrize("dtype,hw", [(torch.float32, 260), (torch.bfloat16, 370)])

@@ -11,6 +11,7 @@
 
 #include "../pool_args.h"
 #include "cpu_loops.h"
+#include "vec16.h"
 #include "vec8.h"
 
 namespace poolops {
@@ -79,6 +80,30 @@ inline void sum_row_vec8(const At& at, int64_t step, bool pairs, int64_t rows, i
   vec8::store(y, by_mul ? acc * vec8::load<1>(inv, 1) : acc / vec8::load<1>(d, 1));
 }
 
+#if defined(__x86_64__)
+// sum_row_vec8 for sixteen outputs in one AVX-512 register (chosen at run
+// time): the same additions lane by lane.
+template <int kStep, typename At, typename scalar_t>
+__attribute__((target("avx512f"))) void sum_row_vec16(const At& at, int64_t step, bool pairs, int64_t rows,
+                                                      int64_t kw, const float* d, const float* inv, bool by_mul,
+                                                      scalar_t* y) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t t = 0;
+    if (kStep == 2 && pairs) {
+      for (; t + 1 < kw; t += 2) {
+        __m512 even, odd;
+        vec16::load2_pair(at(r, t), even, odd);
+        acc = _mm512_add_ps(_mm512_add_ps(acc, even), odd);
+      }
+      if (t < kw) acc = _mm512_add_ps(acc, vec16::load2_after(at(r, t++)));
+    }
+    for (; t < kw; ++t) acc = _mm512_add_ps(acc, vec16::load<kStep>(at(r, t), step));
+  }
+  vec16::store(y, by_mul ? _mm512_mul_ps(acc, _mm512_loadu_ps(inv)) : _mm512_div_ps(acc, _mm512_loadu_ps(d)));
+}
+#endif
+
 // NCHW: one task per output row. Outputs whose window lies inside [0, W) are
 // summed kV at a time (row_blocks), each in row-major tap order and then
 // divided, as the shared scalar path does for the border outputs and for rows
@@ -93,6 +118,7 @@ void forward_nchw(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
   const bool phased = kVec && g.sw > 2;
   const bool pairs = tap_pairs(g);
   const Range inner = inner_columns(g);
+  const bool wide = kVec && avx512_enabled() && inner.end - inner.begin >= 16;  // sixteen-float blocks
   const AvgTables<acc_t> tab(g, opt);
   if constexpr (kVec) {
     if (inner.end - inner.begin < kV && g.H * g.W <= kPlaneGroupMaxHW) {  // rows too short: a lane per plane
@@ -133,6 +159,17 @@ void forward_nchw(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
       const acc_t* d = div.d.data() + oh * g.OW;
       const acc_t* inv = div.inv.data() + oh * g.OW;
       const bool by_mul = div.by_mul[oh];
+#if defined(__x86_64__)
+      if constexpr (kVec) {
+        if (wide) {
+          row_blocks<16>(plane + rh.begin * g.W, rows, g, inner, phased, phase,
+                         [&]<int kStep>(int64_t c0, const auto& at, Step<kStep>, int64_t step) {
+            sum_row_vec16<kStep>(at, step, pairs, rows, g.kw, d + c0, inv + c0, by_mul, yrow + c0);
+          });
+          return;
+        }
+      }
+#endif
       row_blocks<kV>(plane + rh.begin * g.W, rows, g, inner, phased, phase,
                      [&]<int kStep>(int64_t c0, const auto& at, Step<kStep>, int64_t step) {
         if constexpr (kVec) {
