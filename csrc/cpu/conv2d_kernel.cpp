@@ -572,9 +572,10 @@ __attribute__((target("avx512f"))) void depthwise_nhwc_tile16(const T* x, int64_
 #endif
 
 // One task per run of output pixels, channels blocked in registers. Float
-// types sweep the outputs of a row whose taps all lie in range four at a time
-// (depthwise_nhwc_tile); the others (and runs under four), and channels past
-// the last 8, go pixel by pixel.
+// types sweep the outputs of a row whose taps all lie in range a tile at a
+// time (depthwise_nhwc_tile: eight outputs with AVX-512, else four); the
+// others (and runs shorter than a tile), and channels past the last 8, go
+// pixel by pixel.
 template <typename T>
 void depthwise_forward_nhwc(const T* x, const T* wtc, const T* bias, T* y, const Conv2dGeom& g) {
   using acc_t = at::opmath_type<T>;
@@ -583,7 +584,7 @@ void depthwise_forward_nhwc(const T* x, const T* wtc, const T* bias, T* y, const
   const int64_t C8 = vec8::kSupported<T> ? C / 8 * 8 : 0;
   const bool wide = avx512_enabled();
   // Outputs per tile: eight in AVX-512's 32 registers (MobileNet bfloat16 120 -> 106 us/image), else four.
-  const int64_t kU = wide ? 8 : 4;
+  const int64_t tile = wide ? 8 : 4;
   std::vector<acc_t> wv(g.taps() * C);
   for (int64_t e = 0; e < g.taps() * C; ++e) wv[e] = static_cast<acc_t>(wtc[e]);
   const int64_t ahead = prefetch_ahead(g.sw * C, sizeof(T));
@@ -619,14 +620,14 @@ void depthwise_forward_nhwc(const T* x, const T* wtc, const T* bias, T* y, const
       const int64_t row = p / g.OW, ow = p % g.OW;
       const int64_t lo = std::max(ow, inner.begin);
       const int64_t count = C8 > 0 ? std::max<int64_t>(0, std::min(end - row * g.OW, inner.end) - lo) : 0;
-      if (ow < lo || count < kU) {
+      if (ow < lo || count < tile) {
         pixel(p++, 0);
         continue;
       }
       // The last tile reaches back to end with the run (its outputs, computed twice, are the same bits):
       // the pixel path had taken a third of the time for its 3 outputs in 56 (MobileNet, float 100 -> 70 us/image).
-      const int64_t tiles = (count + kU - 1) / kU;
-      // Tiles of kU outputs from lo: the taps of output lo, shifted by the tile's offset.
+      const int64_t tiles = (count + tile - 1) / tile;
+      // Tiles from lo: the taps of output lo, shifted by the tile's offset.
       const int64_t oh = row % g.OH;
       const T* xn = x + (row / g.OH) * g.H * g.W * C;
       int64_t nt = 0;

@@ -27,8 +27,8 @@ def _gather_at_indices(t: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
 # max_pool2d_with_indices: the gradient goes to each window's argmax.
 def _no_zero_grads(ctx):
     """The index output gets no gradient; left materialized, autograd would
-    fill one with zeros (8 bytes per output) on every backward. The backward
-    then gets None for an output that took no gradient."""
+    fill one with zeros, as large as the indices, on every backward. The
+    backward then gets None for an output that took no gradient."""
     ctx.set_materialize_grads(False)
 
 
