@@ -54,14 +54,20 @@ def assert_compiled_matches_eager(net, x):
         torch.testing.assert_close(a, b)
 
 
+def run_in_fresh_process(code, timeout=600, **env):
+    """Runs code (which prints 'ok' last) in a new Python process with the extra environment variables: the
+    kernels read their switches (POOLOPS_AVX512, POOLOPS_GEMM) once per process."""
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env), capture_output=True, text=True,
+                         timeout=timeout)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
 def run_without_avx512(module, test, calls):
-    """module.test(*args) for each args in calls (tuples of dtypes, numbers and tuples of them) in a fresh process
-    with POOLOPS_AVX512=0, as on an AVX2-only CPU (the AVX-512 paths are chosen once per process)."""
+    """module.test(*args) for each args in calls (tuples of dtypes, numbers and tuples of them) with
+    POOLOPS_AVX512=0, as on an AVX2-only CPU."""
     code = (f"import sys, torch; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
             f"import {module} as t\n"
             f"for args in {calls!r}:\n"
             f"    t.{test}(*args)\n"
             "print('ok')\n")
-    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, POOLOPS_AVX512="0"),
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+    run_in_fresh_process(code, POOLOPS_AVX512="0")

@@ -1,7 +1,4 @@
 import itertools
-import os
-import subprocess
-import sys
 import warnings
 
 import pytest
@@ -12,7 +9,7 @@ import poolops
 import poolops.functional as P
 from poolops import _reference as ref
 
-from common import assert_compiled_matches_eager, needs_cuda, run_without_avx512
+from common import assert_compiled_matches_eager, needs_cuda, run_in_fresh_process, run_without_avx512
 
 ops = torch.ops.poolops
 
@@ -298,9 +295,7 @@ def test_dense_path_without_the_avx512_gemm():
         "    for a, e in zip(torch.autograd.grad(y, (x, w, b), g), torch.autograd.grad(yt, (x, w, b), g)):\n"
         "        torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)\n"
         "print('ok')\n")
-    env = dict(os.environ, POOLOPS_GEMM="0")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+    run_in_fresh_process(code, timeout=300, POOLOPS_GEMM="0")
 
 
 def test_backward_identities_and_uncovered_rows():
