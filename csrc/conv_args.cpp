@@ -56,6 +56,12 @@ void check_grad_output(const at::Tensor& grad_output, const Conv2dGeom& g) {
               at::IntArrayRef(expected), ", but got ", grad_output.sizes());
 }
 
+// Bytes of stacked columns per GEMM of the channels-last weight gradient:
+// a few images per GEMM cut its calls and thread hand-offs, while the
+// scratch stays small enough to be reused rather than mapped afresh (32 MiB
+// runs made the ResNet 3x3 stride-2 bfloat16 backward 40% slower).
+constexpr int64_t kColumnRunBytes = int64_t(4) << 20;
+
 // True when im2col would copy the input unchanged (1x1, stride 1, no padding):
 // the columns are then a view of the input.
 bool columns_are_input(const Conv2dGeom& g) {
@@ -202,6 +208,7 @@ at::Tensor run_conv2d(const at::Tensor& input, const at::Tensor& weight, const s
     k.depthwise_forward(x, weight.contiguous(), bias.defined() ? bias.contiguous() : bias, out, g, cl);
     return out;
   }
+  if (cl && k.dense_forward_nhwc != nullptr && k.dense_forward_nhwc(x, weight, bias, out, g)) return out;
   const at::Tensor wm = weight_matrix(weight, g, cl);
   const int64_t ocg = g.ocg(), kg = g.kg();
   // NCHW: out[n] (OC, OHW) = W (OC, K) @ cols (K, OHW), per group.
@@ -242,6 +249,9 @@ at::Tensor run_conv2d_backward_input(const at::Tensor& grad_output, const at::Te
   const at::Tensor gout = grad_output.contiguous(format_of(cl));
   if (is_depthwise(g)) {
     k.depthwise_backward_input(gout, weight.contiguous(), grad_input, g, cl);
+    return grad_input;
+  }
+  if (cl && k.dense_backward_input_nhwc != nullptr && k.dense_backward_input_nhwc(gout, weight, grad_input, g)) {
     return grad_input;
   }
   const at::Tensor wm = weight_matrix(weight, g, cl);
@@ -287,25 +297,58 @@ at::Tensor run_conv2d_backward_weight(const at::Tensor& grad_output, const at::T
     return grad_weight;
   }
   const int64_t ocg = g.ocg(), kg = g.kg();
-  // NCHW: gW (OC, K) += gout[n] (OC, OHW) @ cols^T; NHWC: gW += gout[n]^T (OC, OHW) @ cols (OHW, K).
-  // Images are summed one after another (GEMMs multithreaded inside), so the
-  // result does not depend on how images would be split over threads.
-  at::Tensor gw = at::zeros({g.OC, kg}, input.options());
   const at::Tensor gout2d = cl ? gout.permute({0, 2, 3, 1}).reshape({g.N * g.ohw(), g.OC}) : gout.view({g.N * g.OC, g.ohw()});
+  // Partial products (of image runs, or of single images) add up in gw;
+  // half and bfloat16 ones in a float sum instead, so the result is rounded
+  // once (a bfloat16 sum over 32 images had 4.7x ATen's error).
+  at::Tensor gw = at::empty({g.OC, kg}, input.options());
+  at::Tensor sum;
+  const bool narrow_type = x.element_size() < 4;
+  const auto part_done = [&](int64_t part, int64_t parts) {
+    if (!narrow_type || parts == 1) return;
+    if (part == 0) {
+      sum = gw.to(at::kFloat);
+    } else {
+      sum.add_(gw);
+    }
+    if (part == parts - 1) gw.copy_(sum);
+  };
+  if (cl) {
+    // Channels-last: the columns of a run of images, stacked (the input
+    // itself for a 1x1/s1/p0 conv), make one GEMM per group:
+    // gW (+)= gout[run]^T (OC, run * OHW) @ cols (run * OHW, K).
+    const int64_t K = g.C * g.kh * g.kw;
+    const bool own = !columns_are_input(g);
+    const int64_t run = own ? std::clamp<int64_t>(kColumnRunBytes / (g.ohw() * K * x.element_size()), 1, g.N) : g.N;
+    const at::Tensor cols = own ? at::empty({run * g.ohw(), K}, x.options())
+                                : x.permute({0, 2, 3, 1}).reshape({g.N * g.ohw(), g.C});
+    const int64_t parts = (g.N + run - 1) / run;
+    for (int64_t part = 0; part < parts; ++part) {
+      const int64_t n0 = part * run, images = std::min(run, g.N - n0);
+      for (int64_t n = n0; own && n < n0 + images; ++n) {
+        k.im2col(x, cols.narrow(0, (n - n0) * g.ohw(), g.ohw()), n, g, cl);
+      }
+      const at::Tensor c = cols.narrow(0, own ? 0 : n0 * g.ohw(), images * g.ohw());
+      for (int64_t grp = 0; grp < g.groups; ++grp) {
+        matmul_out(gw.narrow(0, grp * ocg, ocg),
+                   gout2d.narrow(0, n0 * g.ohw(), images * g.ohw()).narrow(1, grp * ocg, ocg).t(),
+                   c.narrow(1, grp * kg, kg), /*accumulate=*/!narrow_type && part > 0);
+      }
+      part_done(part, parts);
+    }
+    return gw.view({g.OC, g.kh, g.kw, g.cg()}).permute({0, 3, 1, 2}).contiguous();
+  }
+  // NCHW: gW (+)= gout[n] (OC, OHW) @ cols^T, one image after another (GEMMs
+  // multithreaded inside), so the result does not depend on the thread count.
   for_each_image(g, x.options(), cl, false, [&](int64_t n, const at::Tensor& scratch) {
     const at::Tensor cols = image_columns(x, scratch, n, g, cl, k);
     for (int64_t grp = 0; grp < g.groups; ++grp) {
-      at::Tensor w = gw.narrow(0, grp * ocg, ocg);
-      if (cl) {
-        matmul_out(w, gout2d.narrow(0, n * g.ohw(), g.ohw()).narrow(1, grp * ocg, ocg).t(),
-                   cols.narrow(1, grp * kg, kg), true);
-      } else {
-        matmul_out(w, gout2d.narrow(0, n * g.OC + grp * ocg, ocg), cols.narrow(0, grp * kg, kg).t(), true);
-      }
+      matmul_out(gw.narrow(0, grp * ocg, ocg), gout2d.narrow(0, n * g.OC + grp * ocg, ocg),
+                 cols.narrow(0, grp * kg, kg).t(), /*accumulate=*/!narrow_type && n > 0);
     }
+    part_done(n, g.N);
   });
-  if (!cl) return gw.view(weight_size);
-  return gw.view({g.OC, g.kh, g.kw, g.cg()}).permute({0, 3, 1, 2}).contiguous();
+  return gw.view(weight_size);
 }
 
 }  // namespace poolops

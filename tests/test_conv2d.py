@@ -282,14 +282,16 @@ def test_backward_vs_torch(layout, dtype):
 
 
 def test_dense_path_without_the_avx512_gemm():
-    """POOLOPS_GEMM=0 (as on a CPU without AVX-512): the dense path runs at::mm, with the same results."""
+    """POOLOPS_GEMM=0 (as on a CPU without AVX-512): the dense path runs im2col and at::mm (channels-last too,
+    instead of the indirect GEMM), with the same results."""
     code = (
         "import torch, torch.nn.functional as F, poolops.functional as P\n"
         "torch.manual_seed(0)\n"
         "for fmt in (torch.contiguous_format, torch.channels_last):\n"
+        "  for groups in (1, 2):\n"
         "    x = torch.randn(2, 20, 9, 11).contiguous(memory_format=fmt).requires_grad_()\n"
-        "    w = torch.randn(30, 10, 3, 3).requires_grad_(); b = torch.randn(30).requires_grad_()\n"
-        "    y, yt = P.conv2d(x, w, b, 2, 1, 1, 2), F.conv2d(x, w, b, 2, 1, 1, 2)\n"
+        "    w = torch.randn(30, 20 // groups, 3, 3).requires_grad_(); b = torch.randn(30).requires_grad_()\n"
+        "    y, yt = P.conv2d(x, w, b, 2, 1, 1, groups), F.conv2d(x, w, b, 2, 1, 1, groups)\n"
         "    torch.testing.assert_close(y, yt, atol=1e-4, rtol=1e-4)\n"
         "    g = torch.randn_like(y)\n"
         "    for a, e in zip(torch.autograd.grad(y, (x, w, b), g), torch.autograd.grad(yt, (x, w, b), g)):\n"
@@ -315,7 +317,8 @@ def test_backward_identities_and_uncovered_rows():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_channels_last_col2im_channel_blocks(dtype):
     """Channels-last grad_input gathers each pixel's column entries 32 and 8 channels at a time, then the rest
-    one by one: group widths 8, 40 (32 + 8) and 70 (32 + 32 + 6) give conv_transpose2d's result."""
+    one by one: group widths 8, 40 (32 + 8) and 70 (32 + 32 + 6) give conv_transpose2d's result. (float16 and
+    groups=2 take col2im; float32 and bfloat16 with one group take the indirect GEMM's column panels.)"""
     tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
     for C, groups in [(8, 1), (40, 1), (70, 1), (80, 2)]:
         x, w, _ = make(2, C, 9, 10, 6 * groups, groups, 3, dtype, torch.channels_last)
@@ -325,6 +328,59 @@ def test_channels_last_col2im_channel_blocks(dtype):
         expected = F.conv_transpose2d(go.double(), w.double(), None, 2, 1, (0, 1), groups)
         assert gi.is_contiguous(memory_format=torch.channels_last) and gi.dtype == dtype
         torch.testing.assert_close(gi.double(), expected, **tol)
+
+
+# (C, OC, kernel, stride, padding, dilation): rows not a multiple of the 6-row tile, column panels of 64 with
+# tails, odd K (bfloat16 pairs with a half pair), a stride above the kernel (input pixels no tap reads), dilation,
+# windows in the padding, 1x1 stride 2.
+INDIRECT = [(64, 128, 3, 2, 1, 1), (3, 10, 3, 2, 1, 1), (6, 70, 3, 2, 1, 1), (70, 6, 3, 2, 1, 1), (8, 16, 3, 1, 1, 1),
+            (4, 5, 2, 3, 0, 1), (10, 33, 3, 2, 2, 2), (2, 3, 5, 2, 2, 1), (16, 8, 1, 2, 0, 1), (4, 4, 3, 4, 1, 1),
+            (6, 8, (3, 2), (2, 3), (1, 0), (2, 1))]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_channels_last_indirect_gemm(dtype):
+    """Channels-last dense conv2d (one group) gathers each output's taps through pointers; grad_input runs
+    the same GEMM one stride phase at a time. Against the float64 reference on the same inputs: float32 within
+    1e-5, bfloat16 the reference rounded once (the float sum rounds to the same bfloat16 but for near-ties)."""
+    for C, OC, k, s, p, d in INDIRECT:
+        x, w, b = make(3, C, 13, 11, OC, 1, k, dtype, torch.channels_last, seed=C + OC)
+        y = ops.conv2d(x, w, b, pair(s), pair(p), pair(d), 1)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        r = ref.conv2d(x.double(), w.double(), b.double(), pair(s), pair(p), pair(d), 1)
+        go = torch.randn(r.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+        go = go.contiguous(memory_format=torch.channels_last)
+        gi = ops._conv2d_backward_input(go, w, list(x.shape), pair(s), pair(p), pair(d), 1)
+        assert gi.is_contiguous(memory_format=torch.channels_last)
+        op = [x.shape[i] + 2 * pair(p)[i - 2] - pair(d)[i - 2] * (w.shape[i] - 1) - 1 - (go.shape[i] - 1) * pair(s)[i - 2]
+              for i in (2, 3)]
+        gr = F.conv_transpose2d(go.double(), w.double(), None, s, p, op, 1, d)
+        for got, want in ((y, r), (gi, gr)):
+            if dtype == torch.float32:
+                torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5, msg=str((C, OC, k, s, p, d)))
+                continue
+            rounded = want.to(dtype)
+            assert (got == rounded).double().mean() > 0.99, (C, OC, k, s, p, d)
+            ulp = (rounded.double().abs() * 2.0 ** -7).clamp(min=1e-30)
+            assert ((got.double() - want).abs() <= ulp).all(), (C, OC, k, s, p, d)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_bfloat16_weight_gradient_is_summed_in_float(layout):
+    """A bfloat16 weight gradient sums its images in float and rounds once (channels-last: one GEMM over all
+    images; NCHW: per-image products added in float). A bfloat16 running sum over the 32 images had about 4x
+    the error."""
+    x, w, _ = make(32, 16, 16, 16, 32, 1, 3, torch.bfloat16, layout, bias=False)
+    go = torch.randn(32, 32, 8, 8, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    go = go.contiguous(memory_format=layout)
+    gw = ops._conv2d_backward_weight(go, x, list(w.shape), [2, 2], [1, 1], [1, 1], 1)
+    want = torch.nn.grad.conv2d_weight(x.double(), w.shape, go.double(), 2, 1)
+    scale = want.abs().max()
+    rounding = ((want.to(torch.bfloat16).double() - want).abs().max() / scale).item()
+    err = ((gw.double() - want).abs().max() / scale).item()
+    assert err <= 1.5 * rounding, (err, rounding)
+    if layout == torch.channels_last:
+        assert (gw == want.to(torch.bfloat16)).double().mean() > 0.99
 
 
 def test_backward_is_deterministic():

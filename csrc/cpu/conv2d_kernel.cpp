@@ -17,6 +17,7 @@
 
 #include "../conv_args.h"
 #include "cpu_loops.h"
+#include "conv2d_direct.h"
 #include "gemm.h"
 #include "vec16.h"
 
@@ -801,8 +802,14 @@ void depthwise_backward_weight(const at::Tensor& gout, const at::Tensor& x, cons
   });
 }
 
-const ConvKernels kCpuKernels{&im2col, &col2im, &depthwise_forward, &depthwise_backward_input,
-                              &depthwise_backward_weight, /*parallel_images=*/true};
+const ConvKernels kCpuKernels{&im2col,
+                              &col2im,
+                              &depthwise_forward,
+                              &depthwise_backward_input,
+                              &depthwise_backward_weight,
+                              &dense_forward_nhwc,
+                              &dense_backward_input_nhwc,
+                              /*parallel_images=*/true};
 
 at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {

@@ -193,8 +193,14 @@ void depthwise_backward_weight(const at::Tensor& gout, const at::Tensor& x, cons
   });
 }
 
-const ConvKernels kCudaKernels{&im2col, &col2im, &depthwise_forward, &depthwise_backward_input,
-                               &depthwise_backward_weight, /*parallel_images=*/false};
+const ConvKernels kCudaKernels{&im2col,
+                               &col2im,
+                               &depthwise_forward,
+                               &depthwise_backward_input,
+                               &depthwise_backward_weight,
+                               /*dense_forward_nhwc=*/nullptr,
+                               /*dense_backward_input_nhwc=*/nullptr,
+                               /*parallel_images=*/false};
 
 at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
