@@ -21,6 +21,14 @@ def check_tensor(value, op: str, name: str = "input") -> None:
 def int_list(value, name: str, op: str) -> list[int]:
     """An int or a sequence of ints as a list of ints, rejecting floats and
     values that do not fit the kernels' 32-bit parameters (as torch does)."""
+    # Plain ints first: these checks run on every call of every op.
+    kind = type(value)
+    if kind is int:
+        if -_INT32_MAX - 1 <= value <= _INT32_MAX:
+            return [value]
+    elif kind is tuple or kind is list:
+        if all(type(v) is int and -_INT32_MAX - 1 <= v <= _INT32_MAX for v in value):
+            return list(value)
     items = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
     out = []
     for pos, v in enumerate(items):
