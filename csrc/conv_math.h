@@ -50,6 +50,12 @@ C10_HOST_DEVICE inline Range conv_tap_outputs(int64_t t, int64_t in, int64_t out
   return {begin, end};
 }
 
+// The outputs all of whose taps read in-range input positions.
+C10_HOST_DEVICE inline Range conv_inner_outputs(int64_t in, int64_t out, int64_t k, int64_t s, int64_t p, int64_t d) {
+  const Range first = conv_tap_outputs(0, in, out, s, p, d), last = conv_tap_outputs(k - 1, in, out, s, p, d);
+  return {first.begin, last.end};
+}
+
 // The output that reads input position i through tap t, or -1 when none does.
 C10_HOST_DEVICE inline int64_t conv_reader(int64_t i, int64_t t, int64_t out, int64_t s, int64_t p, int64_t d) {
   const int64_t num = i + p - t * d;

@@ -9,6 +9,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/BFloat16.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -31,6 +32,23 @@ bool applies(const Conv2dGeom& g, at::ScalarType type, int64_t K) {
 // Positive remainder of a by s.
 inline int64_t mod(int64_t a, int64_t s) { return ((a % s) + s) % s; }
 
+// Rows m0 .. m0 + mr - 1 of the indirect GEMM, which walk a (rows x cols)
+// grid of pixels per image: pixels inside `inner` (every tap in range) are
+// described by inner_row(n, row, col, a, c), the others by border_row.
+template <typename T, typename Inner, typename Border>
+void fill_rows(int64_t m0, int64_t mr, int64_t rows, int64_t cols, Range inner_rows, Range inner_cols, int64_t taps,
+               const T** a, T** c, const Inner& inner_row, const Border& border_row) {
+  int64_t n = m0 / (rows * cols), row = m0 % (rows * cols) / cols, col = m0 % cols;
+  for (int64_t r = 0; r < mr; ++r, a += taps) {
+    const bool inner = row >= inner_rows.begin && row < inner_rows.end && col >= inner_cols.begin && col < inner_cols.end;
+    inner ? inner_row(n, row, col, a, c + r) : border_row(n, row, col, a, c + r);
+    if (++col == cols) {
+      col = 0;
+      if (++row == rows) row = 0, ++n;
+    }
+  }
+}
+
 template <typename T>
 void forward(const T* x, const T* w, const float* bias, T* y, const Conv2dGeom& g) {
   const int64_t taps = g.taps();
@@ -39,24 +57,31 @@ void forward(const T* x, const T* w, const float* bias, T* y, const Conv2dGeom& 
   // B_t (C x OC): element (c, oc) = weight[oc][c][t].
   const std::vector<T> packed = pack_indirect_b(base, g.C, g.OC, taps, g.C * taps);
   const std::vector<T> zeros(g.C, T(0));
+  // Output (n, oh, ow): its taps' input pixels (zeros in the padding), its row of y.
+  const auto border_row = [&](int64_t n, int64_t oh, int64_t ow, const T** a, T** c) {
+    for (int64_t i = 0; i < g.kh; ++i) {
+      const int64_t h = conv_source(oh, i, g.sh, g.ph, g.dh);
+      for (int64_t j = 0; j < g.kw; ++j) {
+        const int64_t wi = conv_source(ow, j, g.sw, g.pw, g.dw);
+        const bool inside = h >= 0 && h < g.H && wi >= 0 && wi < g.W;
+        a[i * g.kw + j] = inside ? x + ((n * g.H + h) * g.W + wi) * g.C : zeros.data();
+      }
+    }
+    *c = y + ((n * g.OH + oh) * g.OW + ow) * g.OC;
+  };
+  // Where every tap is in range, tap t reads offset[t] elements from the window's corner.
+  std::vector<int64_t> offset(taps);
+  for (int64_t t = 0; t < taps; ++t) offset[t] = (t / g.kw * g.dh * g.W + t % g.kw * g.dw) * g.C;
+  const auto inner_row = [&](int64_t n, int64_t oh, int64_t ow, const T** a, T** c) {
+    const T* corner = x + ((n * g.H + conv_source(oh, 0, g.sh, g.ph, 1)) * g.W + conv_source(ow, 0, g.sw, g.pw, 1)) * g.C;
+    for (int64_t t = 0; t < taps; ++t) a[t] = corner + offset[t];
+    *c = y + ((n * g.OH + oh) * g.OW + ow) * g.OC;
+  };
+  const Range inner_h = conv_inner_outputs(g.H, g.OH, g.kh, g.sh, g.ph, g.dh);
+  const Range inner_w = conv_inner_outputs(g.W, g.OW, g.kw, g.sw, g.pw, g.dw);
   indirect_gemm<T>(g.N * g.ohw(), g.OC, taps, g.C, packed.data(), bias,
                    [&](int64_t m0, int64_t mr, const T** a, T** c) {
-                     int64_t n = m0 / g.ohw(), oh = m0 % g.ohw() / g.OW, ow = m0 % g.OW;
-                     for (int64_t r = 0; r < mr; ++r, a += taps) {
-                       for (int64_t i = 0; i < g.kh; ++i) {
-                         const int64_t h = conv_source(oh, i, g.sh, g.ph, g.dh);
-                         for (int64_t j = 0; j < g.kw; ++j) {
-                           const int64_t wi = conv_source(ow, j, g.sw, g.pw, g.dw);
-                           const bool inside = h >= 0 && h < g.H && wi >= 0 && wi < g.W;
-                           a[i * g.kw + j] = inside ? x + ((n * g.H + h) * g.W + wi) * g.C : zeros.data();
-                         }
-                       }
-                       c[r] = y + (m0 + r) * g.OC;
-                       if (++ow == g.OW) {
-                         ow = 0;
-                         if (++oh == g.OH) oh = 0, ++n;
-                       }
-                     }
+                     fill_rows(m0, mr, g.OH, g.OW, inner_h, inner_w, taps, a, c, inner_row, border_row);
                    });
 }
 
@@ -93,24 +118,32 @@ void backward_input(const T* gout, const T* w, T* gin, const Conv2dGeom& g) {
       }
       // B_t (OC x C): element (oc, c) = weight[oc][c][t].
       const std::vector<T> packed = pack_indirect_b(base, g.OC, g.C, g.C * g.taps(), g.taps());
+      // Pixel (n, hh, ww) of the phase: the outputs that read it (zeros where none), its row of gin.
+      const auto border_row = [&](int64_t n, int64_t hh, int64_t ww, const T** a, T** c) {
+        for (size_t u = 0; u < dh_.size(); ++u) {
+          const int64_t oh = hh + dh_[u];
+          for (size_t v = 0; v < dw_.size(); ++v, ++a) {
+            const int64_t ow = ww + dw_[v];
+            const bool inside = oh >= 0 && oh < g.OH && ow >= 0 && ow < g.OW;
+            *a = inside ? gout + ((n * g.OH + oh) * g.OW + ow) * g.OC : zeros.data();
+          }
+        }
+        *c = gin + ((n * g.H + rh + hh * g.sh) * g.W + rw + ww * g.sw) * g.C;
+      };
+      std::vector<int64_t> offset;  // of each tap's output from output (hh, ww)
+      for (const int64_t du : dh_) {
+        for (const int64_t dv : dw_) offset.push_back((du * g.OW + dv) * g.OC);
+      }
+      const auto inner_row = [&](int64_t n, int64_t hh, int64_t ww, const T** a, T** c) {
+        const T* at = gout + ((n * g.OH + hh) * g.OW + ww) * g.OC;
+        for (int64_t t = 0; t < taps; ++t) a[t] = at + offset[t];
+        *c = gin + ((n * g.H + rh + hh * g.sh) * g.W + rw + ww * g.sw) * g.C;
+      };
+      // The phase rows (columns) all of whose taps read an output: dh_ and dw_ fall as the tap index grows.
+      const Range inner_h{-dh_.back(), g.OH - dh_.front()}, inner_w{-dw_.back(), g.OW - dw_.front()};
       indirect_gemm<T>(g.N * hs * ws, g.C, taps, g.OC, packed.data(), nullptr,
                        [&](int64_t m0, int64_t mr, const T** a, T** c) {
-                         int64_t n = m0 / (hs * ws), hh = m0 % (hs * ws) / ws, ww = m0 % ws;
-                         for (int64_t r = 0; r < mr; ++r) {
-                           for (size_t u = 0; u < dh_.size(); ++u) {
-                             const int64_t oh = hh + dh_[u];
-                             for (size_t v = 0; v < dw_.size(); ++v, ++a) {
-                               const int64_t ow = ww + dw_[v];
-                               const bool inside = oh >= 0 && oh < g.OH && ow >= 0 && ow < g.OW;
-                               *a = inside ? gout + ((n * g.OH + oh) * g.OW + ow) * g.OC : zeros.data();
-                             }
-                           }
-                           c[r] = gin + ((n * g.H + rh + hh * g.sh) * g.W + rw + ww * g.sw) * g.C;
-                           if (++ww == ws) {
-                             ww = 0;
-                             if (++hh == hs) hh = 0, ++n;
-                           }
-                         }
+                         fill_rows(m0, mr, hs, ws, inner_h, inner_w, taps, a, c, inner_row, border_row);
                        });
     }
   }

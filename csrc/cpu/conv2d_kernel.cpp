@@ -589,8 +589,7 @@ void depthwise_forward_nhwc(const T* x, const T* wtc, const T* bias, T* y, const
   std::vector<acc_t> wv(g.taps() * C);
   for (int64_t e = 0; e < g.taps() * C; ++e) wv[e] = static_cast<acc_t>(wtc[e]);
   const int64_t ahead = prefetch_ahead(g.sw * C, sizeof(T));
-  const Range inner{conv_tap_outputs(0, g.W, g.OW, g.sw, g.pw, g.dw).begin,
-                    conv_tap_outputs(g.kw - 1, g.W, g.OW, g.sw, g.pw, g.dw).end};
+  const Range inner = conv_inner_outputs(g.W, g.OW, g.kw, g.sw, g.pw, g.dw);
   at::parallel_for(0, g.N * g.OH * g.OW, grain_for(C * g.taps()), [&](int64_t begin, int64_t end) {
     std::vector<int64_t> src(g.taps()), wrow(g.taps()), tile_src(g.taps()), tile_wrow(g.taps());
     // Channels [c0, C) of output pixel p.
