@@ -40,7 +40,8 @@ void fill_rows(int64_t m0, int64_t mr, int64_t rows, int64_t cols, Range inner_r
                const T** a, T** c, const Inner& inner_row, const Border& border_row) {
   int64_t n = m0 / (rows * cols), row = m0 % (rows * cols) / cols, col = m0 % cols;
   for (int64_t r = 0; r < mr; ++r, a += taps) {
-    const bool inner = row >= inner_rows.begin && row < inner_rows.end && col >= inner_cols.begin && col < inner_cols.end;
+    const bool inner =
+        row >= inner_rows.begin && row < inner_rows.end && col >= inner_cols.begin && col < inner_cols.end;
     inner ? inner_row(n, row, col, a, c + r) : border_row(n, row, col, a, c + r);
     if (++col == cols) {
       col = 0;
@@ -73,7 +74,8 @@ void forward(const T* x, const T* w, const float* bias, T* y, const Conv2dGeom& 
   std::vector<int64_t> offset(taps);
   for (int64_t t = 0; t < taps; ++t) offset[t] = (t / g.kw * g.dh * g.W + t % g.kw * g.dw) * g.C;
   const auto inner_row = [&](int64_t n, int64_t oh, int64_t ow, const T** a, T** c) {
-    const T* corner = x + ((n * g.H + conv_source(oh, 0, g.sh, g.ph, 1)) * g.W + conv_source(ow, 0, g.sw, g.pw, 1)) * g.C;
+    const int64_t h = conv_source(oh, 0, g.sh, g.ph, 1), wi = conv_source(ow, 0, g.sw, g.pw, 1);
+    const T* corner = x + ((n * g.H + h) * g.W + wi) * g.C;
     for (int64_t t = 0; t < taps; ++t) a[t] = corner + offset[t];
     *c = y + ((n * g.OH + oh) * g.OW + ow) * g.OC;
   };
