@@ -28,12 +28,15 @@ struct ConvKernels {
   // grad_weight is a contiguous (OC, 1, kh, kw) tensor to overwrite.
   void (*depthwise_backward_weight)(const at::Tensor& grad_output, const at::Tensor& x,
                                     const at::Tensor& grad_weight, const Conv2dGeom& g, bool channels_last);
-  // Optional (null where absent): a channels-last dense conv without
-  // columns, returning false where it does not apply.
-  bool (*dense_forward_nhwc)(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                             const at::Tensor& out, const Conv2dGeom& g);
-  bool (*dense_backward_input_nhwc)(const at::Tensor& grad_output, const at::Tensor& weight,
-                                    const at::Tensor& grad_input, const Conv2dGeom& g);
+  // Optional (null where absent): a dense conv without columns, on dense
+  // 4-D tensors in the chosen layout, returning false where it does not apply.
+  bool (*dense_forward)(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                        const at::Tensor& out, const Conv2dGeom& g, bool channels_last);
+  bool (*dense_backward_input)(const at::Tensor& grad_output, const at::Tensor& weight,
+                               const at::Tensor& grad_input, const Conv2dGeom& g, bool channels_last);
+  // Optional: a channels-last copy of an NCHW tensor, for the weight
+  // gradient to take the channels-last path (one GEMM per run of images).
+  at::Tensor (*channels_last_copy)(const at::Tensor& t);
   // Spread the images of the dense path over threads (CPU), each with a
   // single-threaded GEMM, instead of running them one after another.
   bool parallel_images;

@@ -50,6 +50,13 @@ C10_HOST_DEVICE inline Range conv_tap_outputs(int64_t t, int64_t in, int64_t out
   return {begin, end};
 }
 
+// True when im2col columns (taps x output pixels per channel) hold at least
+// as many elements as the input: an NCHW conv then does better on a
+// channels-last copy of its data (a 3x3 stride-2 conv, not a 1x1 stride-2 one).
+C10_HOST_DEVICE inline bool columns_outgrow_input(const Conv2dGeom& g) {
+  return g.kh * g.kw * g.OH * g.OW >= g.H * g.W;
+}
+
 // The outputs all of whose taps read in-range input positions.
 C10_HOST_DEVICE inline Range conv_inner_outputs(int64_t in, int64_t out, int64_t k, int64_t s, int64_t p, int64_t d) {
   const Range first = conv_tap_outputs(0, in, out, s, p, d), last = conv_tap_outputs(k - 1, in, out, s, p, d);

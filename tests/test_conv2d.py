@@ -338,25 +338,32 @@ INDIRECT = [(64, 128, 3, 2, 1, 1), (3, 10, 3, 2, 1, 1), (6, 70, 3, 2, 1, 1), (70
             (6, 8, (3, 2), (2, 3), (1, 0), (2, 1))]
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_channels_last_indirect_gemm(dtype):
-    """Channels-last dense conv2d (one group) gathers each output's taps through pointers; grad_input runs
-    the same GEMM one stride phase at a time; tiles of rows inside the image step their row-0 pointers (the wider
-    images have such tiles). Against the float64 reference on the same inputs: float32 within
-    1e-5, bfloat16 the reference rounded once (the float sum rounds to the same bfloat16 but for near-ties)."""
+def test_indirect_gemm(dtype, layout):
+    """Dense conv2d (one group) gathers each output's taps through pointers; grad_input runs the same GEMM one
+    stride phase at a time; pixels inside the image take precomputed tap offsets (the wider images have such
+    pixels). NCHW tensors go through 8x8-block transposes (channel and pixel counts with and without tails) where
+    their im2col columns would be at least as large as the input (else they take im2col, whose bfloat16 grad_input
+    adds rounded columns). Against the float64 reference on the same inputs: float32 within 1e-5, bfloat16 the
+    reference rounded once (the float sum rounds to the same bfloat16 but for near-ties)."""
     for (C, OC, k, s, p, d), (H, W) in itertools.product(INDIRECT, [(13, 11), (30, 29)]):
-        x, w, b = make(3, C, H, W, OC, 1, k, dtype, torch.channels_last, seed=C + OC)
+        x, w, b = make(3, C, H, W, OC, 1, k, dtype, layout, seed=C + OC)
         y = ops.conv2d(x, w, b, pair(s), pair(p), pair(d), 1)
-        assert y.is_contiguous(memory_format=torch.channels_last)
+        assert y.is_contiguous(memory_format=layout)
         r = ref.conv2d(x.double(), w.double(), b.double(), pair(s), pair(p), pair(d), 1)
         go = torch.randn(r.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
-        go = go.contiguous(memory_format=torch.channels_last)
+        go = go.contiguous(memory_format=layout)
         gi = ops._conv2d_backward_input(go, w, list(x.shape), pair(s), pair(p), pair(d), 1)
-        assert gi.is_contiguous(memory_format=torch.channels_last)
+        assert gi.is_contiguous(memory_format=layout)
         op = [x.shape[i] + 2 * pair(p)[i - 2] - pair(d)[i - 2] * (w.shape[i] - 1) - 1 - (go.shape[i] - 1) * pair(s)[i - 2]
               for i in (2, 3)]
         gr = F.conv_transpose2d(go.double(), w.double(), None, s, p, op, 1, d)
+        indirect = layout == torch.channels_last or w.shape[2] * w.shape[3] * r.shape[2] * r.shape[3] >= H * W
         for got, want in ((y, r), (gi, gr)):
+            if not indirect:
+                torch.testing.assert_close(got, want.to(dtype), **TOL[dtype], msg=str((C, OC, k, s, p, d)))
+                continue
             if dtype == torch.float32:
                 torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5, msg=str((C, OC, k, s, p, d)))
                 continue

@@ -7,6 +7,8 @@
 #include "conv2d_direct.h"
 
 #include <ATen/core/Tensor.h>
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/BFloat16.h>
 
 #include <algorithm>
@@ -16,17 +18,22 @@
 
 #include "gemm.h"
 #include "indirect_gemm.h"
+#include "../output_alloc.h"
+#include "transpose.h"
 
 namespace poolops {
 namespace {
 
-bool applies(const Conv2dGeom& g, at::ScalarType type, int64_t K) {
+constexpr auto kCL = at::MemoryFormat::ChannelsLast;
+
+bool applies(const Conv2dGeom& g, at::ScalarType type, int64_t K, bool channels_last) {
   static const bool enabled = [] {
     const char* v = std::getenv("POOLOPS_GEMM");
     return !(v != nullptr && std::strcmp(v, "0") == 0);
   }();
   const bool columns_are_input = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
-  return enabled && g.groups == 1 && !columns_are_input && indirect_gemm_supported(type, K);
+  return enabled && g.groups == 1 && !columns_are_input && (channels_last || columns_outgrow_input(g)) &&
+         indirect_gemm_supported(type, K);
 }
 
 // Positive remainder of a by s.
@@ -151,11 +158,35 @@ void backward_input(const T* gout, const T* w, T* gin, const Conv2dGeom& g) {
   }
 }
 
+// A channels-last copy of an NCHW tensor (N, C, H, W), or the tensor itself.
+at::Tensor to_channels_last(const at::Tensor& t, bool channels_last) {
+  return channels_last ? t : channels_last_copy(t);
+}
+
+// nchw (overwritten) from its channels-last copy.
+void from_channels_last(const at::Tensor& nhwc, const at::Tensor& nchw) {
+  AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, nchw.scalar_type(), "conv2d_from_channels_last", [&] {
+    transpose_images(nhwc.const_data_ptr<scalar_t>(), nchw.mutable_data_ptr<scalar_t>(), nchw.size(0),
+                     nchw.size(2) * nchw.size(3), nchw.size(1));
+  });
+}
+
 }  // namespace
 
-bool dense_forward_nhwc(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& out,
-                        const Conv2dGeom& g) {
-  if (!applies(g, x.scalar_type(), g.C)) return false;
+at::Tensor channels_last_copy(const at::Tensor& t) {
+  at::Tensor out = empty_output(t.sizes(), t.options().memory_format(kCL));
+  AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "conv2d_channels_last_copy", [&] {
+    transpose_images(t.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), t.size(0), t.size(1),
+                     t.size(2) * t.size(3));
+  });
+  return out;
+}
+
+bool dense_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& output,
+                   const Conv2dGeom& g, bool channels_last) {
+  if (!applies(g, input.scalar_type(), g.C, channels_last)) return false;
+  const at::Tensor x = to_channels_last(input, channels_last);
+  const at::Tensor out = channels_last ? output : empty_output(output.sizes(), output.options().memory_format(kCL));
   const at::Tensor w = weight.contiguous();
   std::vector<float> b;
   if (bias.defined()) {
@@ -169,12 +200,16 @@ bool dense_forward_nhwc(const at::Tensor& x, const at::Tensor& weight, const at:
     forward(x.const_data_ptr<c10::BFloat16>(), w.const_data_ptr<c10::BFloat16>(), bp,
             out.mutable_data_ptr<c10::BFloat16>(), g);
   }
+  if (!channels_last) from_channels_last(out, output);
   return true;
 }
 
-bool dense_backward_input_nhwc(const at::Tensor& gout, const at::Tensor& weight, const at::Tensor& gin,
-                               const Conv2dGeom& g) {
-  if (!applies(g, gout.scalar_type(), g.OC)) return false;
+bool dense_backward_input(const at::Tensor& grad_output, const at::Tensor& weight, const at::Tensor& grad_input,
+                          const Conv2dGeom& g, bool channels_last) {
+  if (!applies(g, grad_output.scalar_type(), g.OC, channels_last)) return false;
+  const at::Tensor gout = to_channels_last(grad_output, channels_last);
+  const at::Tensor gin =
+      channels_last ? grad_input : empty_output(grad_input.sizes(), grad_input.options().memory_format(kCL));
   const at::Tensor w = weight.contiguous();
   if (gout.scalar_type() == at::kFloat) {
     backward_input(gout.const_data_ptr<float>(), w.const_data_ptr<float>(), gin.mutable_data_ptr<float>(), g);
@@ -182,6 +217,7 @@ bool dense_backward_input_nhwc(const at::Tensor& gout, const at::Tensor& weight,
     backward_input(gout.const_data_ptr<c10::BFloat16>(), w.const_data_ptr<c10::BFloat16>(),
                    gin.mutable_data_ptr<c10::BFloat16>(), g);
   }
+  if (!channels_last) from_channels_last(gin, grad_input);
   return true;
 }
 

@@ -806,8 +806,9 @@ const ConvKernels kCpuKernels{&im2col,
                               &depthwise_forward,
                               &depthwise_backward_input,
                               &depthwise_backward_weight,
-                              &dense_forward_nhwc,
-                              &dense_backward_input_nhwc,
+                              &dense_forward,
+                              &dense_backward_input,
+                              &channels_last_copy,
                               /*parallel_images=*/true};
 
 at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,

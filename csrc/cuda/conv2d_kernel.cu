@@ -198,8 +198,9 @@ const ConvKernels kCudaKernels{&im2col,
                                &depthwise_forward,
                                &depthwise_backward_input,
                                &depthwise_backward_weight,
-                               /*dense_forward_nhwc=*/nullptr,
-                               /*dense_backward_input_nhwc=*/nullptr,
+                               /*dense_forward=*/nullptr,
+                               /*dense_backward_input=*/nullptr,
+                               /*channels_last_copy=*/nullptr,
                                /*parallel_images=*/false};
 
 at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
