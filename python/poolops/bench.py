@@ -41,6 +41,7 @@ class Case:
     out_bytes: Callable  # (x, y) -> bytes the forward writes (indices included)
     backward: bool = True
     copy_bytes: Callable | None = None  # x -> bytes of the padded copy `theirs` makes ('same' cases)
+    params: Callable | None = None  # x -> parameters whose gradients the backward also computes (conv weights)
 
 
 def _elt(t):
@@ -67,11 +68,12 @@ def _conv(cin, cout, k, s, p, groups):
         key = (x.device, x.dtype, x.is_contiguous(memory_format=torch.channels_last))
         if key not in weights:
             w = torch.randn(cout, cin // groups, k, k, generator=torch.Generator().manual_seed(0))
-            weights[key] = (w / (cin // groups * k * k) ** 0.5).to(x.device, x.dtype)
+            weights[key] = (w / (cin // groups * k * k) ** 0.5).to(x.device, x.dtype).requires_grad_()
         return weights[key]
 
     return dict(mine=lambda x: P.conv2d(x, weight(x), None, s, p, 1, groups),
-                theirs=lambda x: F.conv2d(x, weight(x), None, s, p, 1, groups), out_bytes=_values)
+                theirs=lambda x: F.conv2d(x, weight(x), None, s, p, 1, groups), out_bytes=_values,
+                params=lambda x: [weight(x)])
 
 
 def cases(quick: bool) -> list[Case]:
@@ -122,14 +124,21 @@ def _same_cases(quick: bool) -> list[Case]:
     shape = (8, 64, 56, 56) if quick else (32, 64, 112, 112)
     copy = lambda x: _elt(_tf_pad(x[:1], 3, 2)) * x.shape[0]  # noqa: E731
     w = torch.randn(64, 1, 3, 3, generator=torch.Generator().manual_seed(0)) / 3
+    weights = {}
+
+    def weight(x):  # one leaf per device and dtype, so the backward can ask for its gradient
+        if (x.device, x.dtype) not in weights:
+            weights[x.device, x.dtype] = w.to(x.device, x.dtype).clone().requires_grad_()
+        return weights[x.device, x.dtype]
+
     return [
         Case("max_pool2d same", "EfficientNet-like maxpool 3/2 'same'", shape,
              mine=lambda x: P.max_pool2d(x, 3, 2, "same"),
              theirs=lambda x: F.max_pool2d(_tf_pad(x, 3, 2, float("-inf")), 3, 2), out_bytes=_values, copy_bytes=copy),
         Case("conv2d same", "EfficientNet depthwise 3x3 s2 'same'", shape,
-             mine=lambda x: P.conv2d(x, w.to(x.device, x.dtype), None, 2, "same", 1, 64),
-             theirs=lambda x: F.conv2d(_tf_pad(x, 3, 2), w.to(x.device, x.dtype), None, 2, 0, 1, 64),
-             out_bytes=_values, copy_bytes=copy),
+             mine=lambda x: P.conv2d(x, weight(x), None, 2, "same", 1, 64),
+             theirs=lambda x: F.conv2d(_tf_pad(x, 3, 2), weight(x), None, 2, 0, 1, 64),
+             out_bytes=_values, copy_bytes=copy, params=lambda x: [weight(x)]),
         # timm's AvgPool2dSame counts the zero padding in the divisor; TensorFlow's 'same' (poolops) does not,
         # so `theirs` divides by a pooled zero-padded ones tensor to give the same values.
         Case("avg_pool2d same", "EfficientNet-like avgpool 3/2 'same' (F.pad + avg / real count)", shape,
@@ -197,12 +206,15 @@ def run_case(case, device, dtype, layout, mode, min_run_time):
         row["saved_mine"], ym = saved_bytes(case.mine, xm)
         row["saved_torch"], yt = saved_bytes(case.theirs, xt)
         g = torch.randn_like(ym)
-        t_mine, t_theirs = _paired_ms(lambda: torch.autograd.grad(ym, xm, g, retain_graph=True),
-                                      lambda: torch.autograd.grad(yt, xt, g, retain_graph=True), min_run_time)
-        gm = torch.autograd.grad(ym, xm, g, retain_graph=True)[0]
-        gt = torch.autograd.grad(yt, xt, g, retain_graph=True)[0]
+        # The input's gradient, and the weight's for a conv (as in training).
+        wrt_m = [xm, *(case.params(xm) if case.params else [])]
+        wrt_t = [xt, *(case.params(xt) if case.params else [])]
+        t_mine, t_theirs = _paired_ms(lambda: torch.autograd.grad(ym, wrt_m, g, retain_graph=True),
+                                      lambda: torch.autograd.grad(yt, wrt_t, g, retain_graph=True), min_run_time)
+        gm = torch.autograd.grad(ym, wrt_m, g, retain_graph=True)
+        gt = torch.autograd.grad(yt, wrt_t, g, retain_graph=True)
         moved = _elt(g) + row["saved_mine"] + _elt(x)  # read grad_out and the saved state, write grad_in
-        diff = (gm.double() - gt.double()).abs().max().item()
+        diff = max((a.double() - b.double()).abs().max().item() for a, b in zip(gm, gt))
     row.update(torch_ms=t_theirs, poolops_ms=t_mine, speedup=t_theirs / t_mine, gbps=moved / t_mine / 1e6,
                max_abs_diff=diff)
     if case.copy_bytes is not None and mode == "forward":
