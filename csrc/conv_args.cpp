@@ -62,12 +62,6 @@ void check_grad_output(const at::Tensor& grad_output, const Conv2dGeom& g) {
 // runs made the ResNet 3x3 stride-2 bfloat16 backward 40% slower).
 constexpr int64_t kColumnRunBytes = int64_t(4) << 20;
 
-// True when im2col would copy the input unchanged (1x1, stride 1, no padding):
-// the columns are then a view of the input.
-bool columns_are_input(const Conv2dGeom& g) {
-  return g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0 && g.OH == g.H && g.OW == g.W;
-}
-
 // out = a @ b (+ out when accumulate). float32 on a CPU with AVX-512 runs the
 // project's GEMM (cpu/gemm.h), everything else at::mm.
 void matmul_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {

@@ -50,6 +50,12 @@ C10_HOST_DEVICE inline Range conv_tap_outputs(int64_t t, int64_t in, int64_t out
   return {begin, end};
 }
 
+// True when im2col would copy the input unchanged (1x1, stride 1, no padding):
+// the columns are then a view of the input.
+C10_HOST_DEVICE inline bool columns_are_input(const Conv2dGeom& g) {
+  return g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0 && g.OH == g.H && g.OW == g.W;
+}
+
 // True when im2col columns (taps x output pixels per channel) hold at least
 // as many elements as the input: an NCHW conv then does better on a
 // channels-last copy of its data (a 3x3 stride-2 conv, not a 1x1 stride-2 one).

@@ -1,14 +1,14 @@
-// Channels-last dense conv2d (groups == 1) on CPU without im2col columns:
-// each output pixel's row of A is gathered through pointers to the input
-// pixels its taps read (indirect_gemm.h). The backward-input pass is the
-// same GEMM over the input pixels, one stride phase at a time: the pixels
-// with h % sh == rh and w % sw == rw receive gradient through the same taps,
-// so no tap is multiplied by structural zeros and no col2im sum is needed.
+// Dense conv2d (groups == 1) on CPU without im2col columns, on channels-last
+// data (NCHW data through transposed copies): each output pixel's row of A
+// is gathered through pointers to the input pixels its taps read
+// (indirect_gemm.h). The backward-input pass is the same GEMM over the input
+// pixels, one stride phase at a time: the pixels with h % sh == rh and
+// w % sw == rw receive gradient through the same taps, so no tap is
+// multiplied by structural zeros and no col2im sum is needed.
 #include "conv2d_direct.h"
 
 #include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
-#include <ATen/ops/empty.h>
 #include <c10/util/BFloat16.h>
 
 #include <algorithm>
@@ -16,7 +16,6 @@
 #include <cstring>
 #include <vector>
 
-#include "gemm.h"
 #include "indirect_gemm.h"
 #include "../output_alloc.h"
 #include "transpose.h"
@@ -31,8 +30,7 @@ bool applies(const Conv2dGeom& g, at::ScalarType type, int64_t K, bool channels_
     const char* v = std::getenv("POOLOPS_GEMM");
     return !(v != nullptr && std::strcmp(v, "0") == 0);
   }();
-  const bool columns_are_input = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
-  return enabled && g.groups == 1 && !columns_are_input && (channels_last || columns_outgrow_input(g)) &&
+  return enabled && g.groups == 1 && !columns_are_input(g) && (channels_last || columns_outgrow_input(g)) &&
          indirect_gemm_supported(type, K);
 }
 
