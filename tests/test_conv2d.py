@@ -374,21 +374,29 @@ def test_indirect_gemm(dtype, layout):
             assert ((got.double() - want).abs() <= bound).all(), (C, OC, k, s, p, d)
 
 
-@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_bfloat16_weight_gradient_is_summed_in_float(layout):
-    """A bfloat16 weight gradient sums its images in float and rounds once (channels-last: one GEMM over all
-    images; NCHW: per-image products added in float). A bfloat16 running sum over the 32 images had about 4x
-    the error."""
-    x, w, _ = make(32, 16, 16, 16, 32, 1, 3, torch.bfloat16, layout, bias=False)
-    go = torch.randn(32, 32, 8, 8, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+# (layout, images, channels, size, kernel, stride, padding, bound): a channels-last run of all 32 images in one GEMM
+# (and NCHW through channels-last copies), channels-last runs of 3 of 16 images, NCHW per-image GEMMs (1x1 stride 2).
+WEIGHT_SUMS = [(torch.channels_last, 32, 16, 16, 3, 2, 1, 1.0), (torch.contiguous_format, 32, 16, 16, 3, 2, 1, 1.0),
+               (torch.channels_last, 16, 64, 32, 3, 1, 1, 2.0), (torch.contiguous_format, 32, 16, 16, 1, 2, 0, 2.5)]
+
+
+@pytest.mark.parametrize("layout,N,C,size,k,s,p,bound", WEIGHT_SUMS)
+def test_bfloat16_weight_gradient_is_summed_in_float(layout, N, C, size, k, s, p, bound):
+    """A bfloat16 weight gradient adds its parts (runs of images, or images) in float and rounds at the end: its
+    largest error, relative to the largest gradient, is within `bound` times that of rounding the exact gradient
+    (one run: the same bfloat16 but for near-ties). A bfloat16 running sum of the parts had 2.6 times (the runs)
+    to 4.9 (the images)."""
+    x = make(N, C, size, size, 32, 1, k, torch.bfloat16, layout, bias=False)[0]
+    out = (size + 2 * p - k) // s + 1
+    go = torch.randn(N, 32, out, out, generator=torch.Generator().manual_seed(10)).to(torch.bfloat16)
     go = go.contiguous(memory_format=layout)
-    gw = ops._conv2d_backward_weight(go, x, list(w.shape), [2, 2], [1, 1], [1, 1], 1)
-    want = torch.nn.grad.conv2d_weight(x.double(), w.shape, go.double(), 2, 1)
+    gw = ops._conv2d_backward_weight(go, x, [32, C, k, k], [s, s], [p, p], [1, 1], 1)
+    want = torch.nn.grad.conv2d_weight(x.double(), (32, C, k, k), go.double(), s, p)
     scale = want.abs().max()
     rounding = ((want.to(torch.bfloat16).double() - want).abs().max() / scale).item()
     err = ((gw.double() - want).abs().max() / scale).item()
-    assert err <= 1.5 * rounding, (err, rounding)
-    if layout == torch.channels_last:
+    assert err <= bound * rounding, (err, rounding)
+    if bound == 1.0:
         assert (gw == want.to(torch.bfloat16)).double().mean() > 0.99
 
 
