@@ -65,7 +65,7 @@ constexpr int64_t kColumnRunBytes = int64_t(4) << 20;
 // out = a @ b (+ out when accumulate). float32 on a CPU with AVX-512 runs the
 // project's GEMM (cpu/gemm.h), everything else at::mm.
 void matmul_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
-  if (out.is_cpu() && out.scalar_type() == at::kFloat && out.stride(1) == 1 && gemm_f32_enabled()) {
+  if (out.is_cpu() && out.scalar_type() == at::kFloat && out.stride(1) == 1 && own_gemm_enabled()) {
     gemm_f32(a.size(0), b.size(1), a.size(1), a.const_data_ptr<float>(), a.stride(0), a.stride(1),
              b.const_data_ptr<float>(), b.stride(0), b.stride(1), out.mutable_data_ptr<float>(), out.stride(0),
              accumulate);

@@ -12,8 +12,6 @@
 #include <c10/util/BFloat16.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <vector>
 
 #include "indirect_gemm.h"
@@ -26,11 +24,7 @@ namespace {
 constexpr auto kCL = at::MemoryFormat::ChannelsLast;
 
 bool applies(const Conv2dGeom& g, at::ScalarType type, int64_t K, bool channels_last) {
-  static const bool enabled = [] {
-    const char* v = std::getenv("POOLOPS_GEMM");
-    return !(v != nullptr && std::strcmp(v, "0") == 0);
-  }();
-  return enabled && g.groups == 1 && !columns_are_input(g) && (channels_last || columns_outgrow_input(g)) &&
+  return g.groups == 1 && !columns_are_input(g) && (channels_last || columns_outgrow_input(g)) &&
          indirect_gemm_supported(type, K);
 }
 

@@ -130,7 +130,7 @@ bool avx512_enabled() {
 #endif
 }
 
-bool gemm_f32_enabled() {
+bool own_gemm_enabled() {
   static const bool enabled = [] {
     const char* v = std::getenv("POOLOPS_GEMM");
     return avx512_enabled() && !(v != nullptr && std::strcmp(v, "0") == 0);

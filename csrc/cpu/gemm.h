@@ -13,8 +13,9 @@ namespace poolops {
 // and POOLOPS_AVX512=0 is not set.
 bool avx512_enabled();
 
-// avx512_enabled(), and POOLOPS_GEMM=0 is not set.
-bool gemm_f32_enabled();
+// avx512_enabled(), and POOLOPS_GEMM=0 is not set: the project's GEMMs (this
+// one and indirect_gemm.h) may run.
+bool own_gemm_enabled();
 
 // C (M x N, row stride ldc, unit column stride) = A (M x K) * B (K x N), plus
 // C when accumulate. A and B may have any element strides (rs = between rows,

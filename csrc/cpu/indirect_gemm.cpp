@@ -129,7 +129,7 @@ bool has_avx512_bf16() {
 }  // namespace
 
 bool indirect_gemm_supported(at::ScalarType type, int64_t K) {
-  if (!avx512_enabled() || K <= 0) return false;
+  if (!own_gemm_enabled() || K <= 0) return false;
   if (type == at::kFloat) return true;
   return type == at::kBFloat16 && has_avx512_bf16();
 }

@@ -3,8 +3,8 @@
 //   c_m[n] = bias[n] + sum over taps t, k < K of a_{m,t}[k] * B_t[k][n],
 // with a_{m,t} any K-element row (a pixel's channels, or a row of zeros for
 // padding). A channels-last convolution then runs without im2col columns.
-// AVX-512 only (float32; bfloat16 also needs AVX512-BF16), so callers check
-// indirect_gemm_supported first.
+// AVX-512 only (float32; bfloat16 also needs AVX512-BF16) and off with
+// POOLOPS_GEMM=0, so callers check indirect_gemm_supported first.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -74,7 +74,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> device_math(const at::Tensor& x, 
 // gemm_f32 against a float64 reference: tile, K-block, M-block and N-block
 // edges, transposed operands and accumulation into C.
 void check_gemm() {
-  if (!poolops::gemm_f32_enabled()) {
+  if (!poolops::own_gemm_enabled()) {
     std::printf("skip gemm_f32 (no AVX-512 or POOLOPS_GEMM=0)\n");
     return;
   }
