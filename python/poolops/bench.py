@@ -60,16 +60,23 @@ def _pool(op, mine, theirs, out_bytes=_values):
     return dict(mine=mine, theirs=theirs, out_bytes=out_bytes)
 
 
-def _conv(cin, cout, k, s, p, groups):
-    """Conv cases use one fixed weight per device, dtype and layout."""
+def _weight_for(w):
+    """x -> w as one leaf per device, dtype and layout of x, so a conv's backward can ask for its gradient."""
     weights = {}
 
     def weight(x):
         key = (x.device, x.dtype, x.is_contiguous(memory_format=torch.channels_last))
         if key not in weights:
-            w = torch.randn(cout, cin // groups, k, k, generator=torch.Generator().manual_seed(0))
-            weights[key] = (w / (cin // groups * k * k) ** 0.5).to(x.device, x.dtype).requires_grad_()
+            weights[key] = w.to(x.device, x.dtype).clone().requires_grad_()
         return weights[key]
+
+    return weight
+
+
+def _conv(cin, cout, k, s, p, groups):
+    """Conv cases use one fixed weight per device, dtype and layout."""
+    w = torch.randn(cout, cin // groups, k, k, generator=torch.Generator().manual_seed(0))
+    weight = _weight_for(w / (cin // groups * k * k) ** 0.5)
 
     return dict(mine=lambda x: P.conv2d(x, weight(x), None, s, p, 1, groups),
                 theirs=lambda x: F.conv2d(x, weight(x), None, s, p, 1, groups), out_bytes=_values,
@@ -123,14 +130,7 @@ def _tf_pad(x, k, s, value=0.0):
 def _same_cases(quick: bool) -> list[Case]:
     shape = (8, 64, 56, 56) if quick else (32, 64, 112, 112)
     copy = lambda x: _elt(_tf_pad(x[:1], 3, 2)) * x.shape[0]  # noqa: E731
-    w = torch.randn(64, 1, 3, 3, generator=torch.Generator().manual_seed(0)) / 3
-    weights = {}
-
-    def weight(x):  # one leaf per device and dtype, so the backward can ask for its gradient
-        if (x.device, x.dtype) not in weights:
-            weights[x.device, x.dtype] = w.to(x.device, x.dtype).clone().requires_grad_()
-        return weights[x.device, x.dtype]
-
+    weight = _weight_for(torch.randn(64, 1, 3, 3, generator=torch.Generator().manual_seed(0)) / 3)
     return [
         Case("max_pool2d same", "EfficientNet-like maxpool 3/2 'same'", shape,
              mine=lambda x: P.max_pool2d(x, 3, 2, "same"),
