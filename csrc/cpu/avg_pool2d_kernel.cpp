@@ -102,6 +102,24 @@ __attribute__((target("avx512f"))) void sum_row_vec16(const At& at, int64_t step
   }
   vec16::store(y, by_mul ? _mm512_mul_ps(acc, _mm512_loadu_ps(inv)) : _mm512_div_ps(acc, _mm512_loadu_ps(d)));
 }
+
+// sum_row_vec16 at stride 2 with taps loaded in pairs (tap_pairs) for kB
+// blocks of sixteen outputs from c0 on, all of one row: src points at tap 0 of
+// window row 0 of output 0, window rows rs apart; d and inv are the row's.
+template <int kB, typename scalar_t>
+__attribute__((target("avx512f"))) void sum_blocks_pairs16(const scalar_t* src, int64_t rs, int64_t rows, int64_t kw,
+                                                           int64_t c0, const float* d, const float* inv, bool by_mul,
+                                                           scalar_t* y) {
+  __m512 acc[kB];
+  for (int b = 0; b < kB; ++b) acc[b] = _mm512_setzero_ps();
+  for_each_pair_tap16<kB>(src + 2 * c0, rs, rows, kw,
+                          [&](int b, __m512 v) __attribute__((target("avx512f"))) { acc[b] = _mm512_add_ps(acc[b], v); });
+  for (int b = 0; b < kB; ++b) {
+    const int64_t o = c0 + 16 * b;
+    vec16::store(y + o, by_mul ? _mm512_mul_ps(acc[b], _mm512_loadu_ps(inv + o))
+                               : _mm512_div_ps(acc[b], _mm512_loadu_ps(d + o)));
+  }
+}
 #endif
 
 // NCHW: one task per output row. Outputs whose window lies inside [0, W) are
@@ -161,6 +179,16 @@ void forward_nchw(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
       const bool by_mul = div.by_mul[oh];
 #if defined(__x86_64__)
       if constexpr (kVec) {
+        if (wide && g.sw == 2 && pairs) {
+          const scalar_t* src = plane + rh.begin * g.W;
+          prefetch_rows_ahead(src, g);
+          src += inner.begin * 2 - g.pw;
+          const int64_t o = inner.begin;
+          blocks16_by_two(inner.end - inner.begin, [&]<int kB>(int64_t c0, Step<kB>) {
+            sum_blocks_pairs16<kB>(src, g.dh * g.W, rows, g.kw, c0, d + o, inv + o, by_mul, yrow + o);
+          });
+          return;
+        }
         if (wide) {
           row_blocks<16>(plane + rh.begin * g.W, rows, g, inner, phased, phase,
                          [&]<int kStep>(int64_t c0, const auto& at, Step<kStep>, int64_t step) {

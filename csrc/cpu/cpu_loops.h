@@ -245,6 +245,55 @@ inline void for_each_tap(const At& at, int64_t r, int64_t kw, int64_t step, bool
   for (int64_t t = 0; t < kw; ++t) f(t, vec8::load<kStep>(at(r, t), step));
 }
 
+// Output rows read an NCHW plane in order, sh rows each: prefetch the rows
+// about 4 KiB on from src (rows wider than ~120 floats otherwise ran at a
+// third of the bandwidth, the hardware prefetcher falling behind).
+template <typename scalar_t>
+inline void prefetch_rows_ahead(const scalar_t* src, const Pool2dGeom& g) {
+  const int64_t stream = g.sh * g.W;
+  prefetch_block<0>(src + prefetch_ahead(stream, sizeof(scalar_t)), stream * int64_t(sizeof(scalar_t)));
+}
+
+#if defined(__x86_64__)
+// take(b, v) for every tap, in row-major order, of kB blocks of sixteen
+// consecutive outputs of one NCHW row at stride 2 whose taps load in pairs
+// (tap_pairs): v holds block b's inputs of the tap. row points at tap 0 of
+// window row 0 of the first output; window rows lie rs apart.
+template <int kB, typename T, typename Take>
+__attribute__((target("avx512f"))) inline void for_each_pair_tap16(const T* row, int64_t rs, int64_t rows,
+                                                                   int64_t kw, const Take& take) {
+  for (int64_t r = 0; r < rows; ++r, row += rs) {
+    int64_t t = 0;
+    for (; t + 1 < kw; t += 2) {
+      for (int b = 0; b < kB; ++b) {
+        __m512 even, odd;
+        vec16::load2_pair(row + 32 * b + t, even, odd);
+        take(b, even);
+        take(b, odd);
+      }
+    }
+    if (t < kw) {
+      for (int b = 0; b < kB; ++b) take(b, vec16::load2_after(row + 32 * b + t));
+    }
+  }
+}
+#endif
+
+// Blocks of sixteen outputs over [0, n), n >= 16, two at a time for the
+// instruction-level parallelism: block(c0, Step<kB>{}) computes the kB blocks
+// from c0 on, the last ones overlapping those before.
+template <typename Block>
+inline void blocks16_by_two(int64_t n, const Block& block) {
+  int64_t c0 = 0;
+  for (; c0 + 32 <= n; c0 += 32) block(c0, Step<2>{});
+  if (n - c0 > 16 && n >= 32) {
+    block(n - 32, Step<2>{});
+  } else if (c0 < n) {
+    if (n - c0 > 16) block(c0, Step<1>{});
+    block(n - 16, Step<1>{});
+  }
+}
+
 // The inner outputs of one NCHW output row in blocks of kV (the last one
 // overlapping the one before; the range must hold at least kV outputs).
 // block(c0, at, Step<kStep>{}, step) computes outputs c0 .. c0 + kV - 1, where
@@ -256,11 +305,7 @@ template <int kV, typename acc_t, typename scalar_t, typename Block>
 inline void row_blocks(const scalar_t* src, int64_t rows, const Pool2dGeom& g, Range inner, bool phased,
                        std::vector<PhaseRow<acc_t>>& phase, const Block& block) {
   const int64_t rs = g.dh * g.W;
-  // Output rows read the plane in order, sh rows each: prefetch the rows
-  // about 4 KiB on (rows wider than ~120 floats otherwise ran at a third of
-  // the bandwidth, the hardware prefetcher falling behind).
-  const int64_t stream = g.sh * g.W;
-  prefetch_block<0>(src + prefetch_ahead(stream, sizeof(scalar_t)), stream * int64_t(sizeof(scalar_t)));
+  prefetch_rows_ahead(src, g);
   for (int64_t b0 = inner.begin; b0 < inner.end; b0 += kLanes) {
     // A chunk of up to kLanes outputs (the PhaseRow capacity); a short last one reaches back.
     const int64_t b1 = std::min(inner.end, b0 + kLanes);
@@ -855,6 +900,30 @@ __attribute__((target("avx512f"))) void nhwc_window_max16(const T* xn, int64_t W
   __m512 best[kV];
   __m512i arg[kV];
   prefetch_block<kB * sizeof(T)>(x0 + ahead);
+  if constexpr (!kIdx) {
+    // Values only: one vmaxps a tap (ties keep the first) and the sum of the
+    // taps beside it. A NaN sum (a NaN, or infinities of both signs) has the
+    // window scanned again below, where the last NaN wins.
+    __m512 sum[kV];
+    for (int v = 0; v < kV; ++v) best[v] = sum[v] = vec16::load(x0 + 16 * v);
+    for (int64_t h = rh.begin, th = 0; h < rh.end; h += dh, ++th) {
+      for (int64_t w = th == 0 ? rw.begin + dw : rw.begin; w < rw.end; w += dw) {
+        const T* src = xn + (h * W + w) * C;
+        prefetch_block<kB * sizeof(T)>(src + ahead);
+        for (int v = 0; v < kV; ++v) {
+          const __m512 x = vec16::load(src + 16 * v);
+          best[v] = vec16::max_over(x, best[v]);
+          sum[v] = _mm512_add_ps(sum[v], x);
+        }
+      }
+    }
+    __mmask16 nan = 0;
+    for (int v = 0; v < kV; ++v) nan |= _mm512_cmp_ps_mask(sum[v], sum[v], _CMP_UNORD_Q);
+    if (nan == 0) {
+      for (int v = 0; v < kV; ++v) vec16::store_exact(y + 16 * v, best[v]);
+      return;
+    }
+  }
   for (int v = 0; v < kV; ++v) {
     best[v] = vec16::load(x0 + 16 * v);
     arg[v] = _mm512_set1_epi32(id(rh.begin, rw.begin, 0, 0));

@@ -132,6 +132,37 @@ __attribute__((target("avx512f"))) void max_row_vec16(const At& at, int64_t step
   vec16::store(y, best);
   vec16::store_index(idx, arg);
 }
+
+// The values of kB blocks of sixteen consecutive outputs of one NCHW row, from
+// output c0 on, at stride 2 with taps loaded in pairs (tap_pairs). src points
+// at tap 0 of window row 0 of output 0; window rows lie rs apart. One vmaxps a
+// tap (ties keep the first), and the sum of the taps beside it: a block whose
+// sum is NaN holds a NaN, or infinities of both signs, and is done again by
+// max_row_vec16 (the last NaN wins).
+template <int kB, typename scalar_t>
+__attribute__((target("avx512f"))) inline void max_blocks_pairs16(const scalar_t* src, int64_t rs, int64_t rows,
+                                                                  int64_t kw, int64_t c0, scalar_t* y) {
+  __m512 best[kB], sum[kB];
+  for (int b = 0; b < kB; ++b) {
+    best[b] = _mm512_set1_ps(lowest_value<float>());
+    sum[b] = _mm512_setzero_ps();
+  }
+  for_each_pair_tap16<kB>(src + 2 * c0, rs, rows, kw, [&](int b, __m512 v) __attribute__((target("avx512f"))) {
+    best[b] = vec16::max_over(v, best[b]);
+    sum[b] = _mm512_add_ps(sum[b], v);
+  });
+  for (int b = 0; b < kB; ++b) {
+    scalar_t* out = y + c0 + 16 * b;
+    if (_mm512_cmp_ps_mask(sum[b], sum[b], _CMP_UNORD_Q) != 0) {
+      const scalar_t* first = src + 2 * (c0 + 16 * b);
+      const auto at = [first, rs](int64_t i, int64_t t) { return first + i * rs + t; };
+      max_row_vec16<2, false, false>(at, 2, true, rows, kw, 0, 0, 0, 0, out, static_cast<int64_t*>(nullptr));
+    } else {
+      vec16::store_exact(out, best[b]);
+    }
+  }
+}
+
 #endif
 
 // The value of a border window without its index: one vmaxss a tap, which is
@@ -234,6 +265,17 @@ void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
       const int64_t nrows = g.dh == 1 ? rh.end - rh.begin : (rh.end - rh.begin + g.dh - 1) / g.dh;
       const int64_t th0 = (rh.begin - (oh * g.sh - g.ph)) / g.dh;  // tap row of the first in-range row
 #if defined(__x86_64__)
+      if constexpr (kVec && !kIdx && sizeof(scalar_t) == 2) {  // float32 measured no faster
+        if (wide && g.sw == 2 && pairs) {
+          const scalar_t* src = plane + rh.begin * g.W;
+          prefetch_rows_ahead(src, g);
+          src += inner.begin * 2 - g.pw;
+          blocks16_by_two(inner.end - inner.begin, [&]<int kB>(int64_t c0, Step<kB>) {
+            max_blocks_pairs16<kB>(src, g.dh * g.W, nrows, g.kw, c0, yrow + inner.begin);
+          });
+          return;
+        }
+      }
       if constexpr (kVec) {
         if (wide) {
           row_blocks<16>(plane + rh.begin * g.W, nrows, g, inner, phased, phase,

@@ -105,6 +105,18 @@ __attribute__((target("avx512f"))) inline void store(T* p, __m512 v, bool stream
   stream ? _mm256_stream_si256(dst, bits) : _mm256_storeu_si256(dst, bits);
 }
 
+// store(p, v) for v that T holds exactly and that has no NaN (a max of T
+// values): bfloat16 takes the high halves, with no rounding to do.
+template <typename T>
+__attribute__((target("avx512f"))) inline void store_exact(T* p, __m512 v) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    const __m256i bits = _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(v), 16));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), bits);
+  } else {
+    store(p, v);
+  }
+}
+
 // v > best ? v : best, lane by lane (one vmaxps: a NaN in v keeps best).
 __attribute__((target("avx512f"))) inline __m512 max_over(__m512 v, __m512 best) { return _mm512_max_ps(v, best); }
 
