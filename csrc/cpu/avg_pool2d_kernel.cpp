@@ -112,8 +112,8 @@ __attribute__((target("avx512f"))) void sum_blocks_pairs16(const scalar_t* src, 
                                                            scalar_t* y) {
   __m512 acc[kB];
   for (int b = 0; b < kB; ++b) acc[b] = _mm512_setzero_ps();
-  for_each_pair_tap16<kB>(src + 2 * c0, rs, rows, kw,
-                          [&](int b, __m512 v) __attribute__((target("avx512f"))) { acc[b] = _mm512_add_ps(acc[b], v); });
+  for_each_pair_tap16<kB>(src + 2 * c0, rs, rows, kw, [&](int b, __m512 v, int64_t, int64_t) __attribute__((
+                                                           target("avx512f"))) { acc[b] = _mm512_add_ps(acc[b], v); });
   for (int b = 0; b < kB; ++b) {
     const int64_t o = c0 + 16 * b;
     vec16::store(y + o, by_mul ? _mm512_mul_ps(acc[b], _mm512_loadu_ps(inv + o))

@@ -255,10 +255,10 @@ inline void prefetch_rows_ahead(const scalar_t* src, const Pool2dGeom& g) {
 }
 
 #if defined(__x86_64__)
-// take(b, v) for every tap, in row-major order, of kB blocks of sixteen
-// consecutive outputs of one NCHW row at stride 2 whose taps load in pairs
-// (tap_pairs): v holds block b's inputs of the tap. row points at tap 0 of
-// window row 0 of the first output; window rows lie rs apart.
+// take(b, v, r, t) for every tap (r, t), in row-major order, of kB blocks of
+// sixteen consecutive outputs of one NCHW row at stride 2 whose taps load in
+// pairs (tap_pairs): v holds block b's inputs of the tap. row points at tap 0
+// of window row 0 of the first output; window rows lie rs apart.
 template <int kB, typename T, typename Take>
 __attribute__((target("avx512f"))) inline void for_each_pair_tap16(const T* row, int64_t rs, int64_t rows,
                                                                    int64_t kw, const Take& take) {
@@ -268,12 +268,12 @@ __attribute__((target("avx512f"))) inline void for_each_pair_tap16(const T* row,
       for (int b = 0; b < kB; ++b) {
         __m512 even, odd;
         vec16::load2_pair(row + 32 * b + t, even, odd);
-        take(b, even);
-        take(b, odd);
+        take(b, even, r, t);
+        take(b, odd, r, t + 1);
       }
     }
     if (t < kw) {
-      for (int b = 0; b < kB; ++b) take(b, vec16::load2_after(row + 32 * b + t));
+      for (int b = 0; b < kB; ++b) take(b, vec16::load2_after(row + 32 * b + t), r, t);
     }
   }
 }
@@ -900,18 +900,25 @@ __attribute__((target("avx512f"))) void nhwc_window_max16(const T* xn, int64_t W
   __m512 best[kV];
   __m512i arg[kV];
   prefetch_block<kB * sizeof(T)>(x0 + ahead);
-  if constexpr (!kIdx) {
-    // Values only: one vmaxps a tap (ties keep the first) and the sum of the
-    // taps beside it. A NaN sum (a NaN, or infinities of both signs) has the
-    // window scanned again below, where the last NaN wins.
+  {
+    // One vmaxps a tap (ties keep the first), the tap taken where it compares
+    // greater, and the sum of the taps beside them. A NaN sum (a NaN, or
+    // infinities of both signs) has the window scanned again below, where the
+    // last NaN wins.
     __m512 sum[kV];
-    for (int v = 0; v < kV; ++v) best[v] = sum[v] = vec16::load(x0 + 16 * v);
+    for (int v = 0; v < kV; ++v) {
+      best[v] = sum[v] = vec16::load(x0 + 16 * v);
+      if (kIdx) arg[v] = _mm512_set1_epi32(id(rh.begin, rw.begin, 0, 0));
+    }
     for (int64_t h = rh.begin, th = 0; h < rh.end; h += dh, ++th) {
-      for (int64_t w = th == 0 ? rw.begin + dw : rw.begin; w < rw.end; w += dw) {
+      for (int64_t w = rw.begin, tw = 0; w < rw.end; w += dw, ++tw) {
+        if (th == 0 && tw == 0) continue;
         const T* src = xn + (h * W + w) * C;
         prefetch_block<kB * sizeof(T)>(src + ahead);
+        const __m512i pos = _mm512_set1_epi32(kIdx ? id(h, w, th, tw) : 0);
         for (int v = 0; v < kV; ++v) {
           const __m512 x = vec16::load(src + 16 * v);
+          if (kIdx) arg[v] = _mm512_mask_mov_epi32(arg[v], _mm512_cmp_ps_mask(x, best[v], _CMP_GT_OQ), pos);
           best[v] = vec16::max_over(x, best[v]);
           sum[v] = _mm512_add_ps(sum[v], x);
         }
@@ -920,7 +927,10 @@ __attribute__((target("avx512f"))) void nhwc_window_max16(const T* xn, int64_t W
     __mmask16 nan = 0;
     for (int v = 0; v < kV; ++v) nan |= _mm512_cmp_ps_mask(sum[v], sum[v], _CMP_UNORD_Q);
     if (nan == 0) {
-      for (int v = 0; v < kV; ++v) vec16::store_exact(y + 16 * v, best[v]);
+      for (int v = 0; v < kV; ++v) {
+        vec16::store_exact(y + 16 * v, best[v]);
+        if (kIdx) vec16::store_index(idx + 16 * v, arg[v]);
+      }
       return;
     }
   }

@@ -133,32 +133,47 @@ __attribute__((target("avx512f"))) void max_row_vec16(const At& at, int64_t step
   vec16::store_index(idx, arg);
 }
 
-// The values of kB blocks of sixteen consecutive outputs of one NCHW row, from
-// output c0 on, at stride 2 with taps loaded in pairs (tap_pairs). src points
-// at tap 0 of window row 0 of output 0; window rows lie rs apart. One vmaxps a
-// tap (ties keep the first), and the sum of the taps beside it: a block whose
-// sum is NaN holds a NaN, or infinities of both signs, and is done again by
-// max_row_vec16 (the last NaN wins).
-template <int kB, typename scalar_t>
+// kB blocks of sixteen consecutive outputs of one NCHW row, from output c0
+// on, at stride 2 with taps loaded in pairs (tap_pairs). src points at tap 0
+// of window row 0 of output 0; window rows lie rs apart. Argmaxes as
+// max_row_vec16's, first being output 0's. One vmaxps a tap (ties keep the
+// first), a tap taken where it compares greater, and the sum of the taps
+// beside them: a block whose sum is NaN holds a NaN, or infinities of both
+// signs, and is done again by max_row_vec16 (the last NaN wins).
+template <int kB, bool kIdx, bool kTaps, typename scalar_t, typename out_t>
 __attribute__((target("avx512f"))) inline void max_blocks_pairs16(const scalar_t* src, int64_t rs, int64_t rows,
-                                                                  int64_t kw, int64_t c0, scalar_t* y) {
+                                                                  int64_t kw, int64_t c0, int32_t first,
+                                                                  int32_t row_step, scalar_t* y, out_t* idx) {
+  const __m512i lane = kTaps ? _mm512_setzero_si512()
+                             : _mm512_slli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 1);
+  int32_t firsts[kB];
   __m512 best[kB], sum[kB];
+  __m512i base[kB], arg[kB];
   for (int b = 0; b < kB; ++b) {
+    firsts[b] = kTaps ? first : first + static_cast<int32_t>(2 * (c0 + 16 * b));
     best[b] = _mm512_set1_ps(lowest_value<float>());
     sum[b] = _mm512_setzero_ps();
+    arg[b] = base[b] = _mm512_add_epi32(_mm512_set1_epi32(firsts[b]), lane);
   }
-  for_each_pair_tap16<kB>(src + 2 * c0, rs, rows, kw, [&](int b, __m512 v) __attribute__((target("avx512f"))) {
+  for_each_pair_tap16<kB>(src + 2 * c0, rs, rows, kw,
+                          [&](int b, __m512 v, int64_t r, int64_t t) __attribute__((target("avx512f"))) {
+    if constexpr (kIdx) {
+      const __m512i tap = _mm512_add_epi32(base[b], _mm512_set1_epi32(static_cast<int32_t>(r * row_step + t)));
+      arg[b] = _mm512_mask_mov_epi32(arg[b], _mm512_cmp_ps_mask(v, best[b], _CMP_GT_OQ), tap);
+    }
     best[b] = vec16::max_over(v, best[b]);
     sum[b] = _mm512_add_ps(sum[b], v);
   });
   for (int b = 0; b < kB; ++b) {
-    scalar_t* out = y + c0 + 16 * b;
+    const int64_t o = c0 + 16 * b;
+    out_t* io = kIdx ? idx + o : nullptr;
     if (_mm512_cmp_ps_mask(sum[b], sum[b], _CMP_UNORD_Q) != 0) {
-      const scalar_t* first = src + 2 * (c0 + 16 * b);
-      const auto at = [first, rs](int64_t i, int64_t t) { return first + i * rs + t; };
-      max_row_vec16<2, false, false>(at, 2, true, rows, kw, 0, 0, 0, 0, out, static_cast<int64_t*>(nullptr));
+      const scalar_t* at0 = src + 2 * o;
+      const auto at = [at0, rs](int64_t i, int64_t t) { return at0 + i * rs + t; };
+      max_row_vec16<2, kIdx, kTaps>(at, 2, true, rows, kw, firsts[b], row_step, 1, 2, y + o, io);
     } else {
-      vec16::store_exact(out, best[b]);
+      vec16::store_exact(y + o, best[b]);
+      if constexpr (kIdx) vec16::store_index(io, arg[b]);
     }
   }
 }
@@ -265,13 +280,16 @@ void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
       const int64_t nrows = g.dh == 1 ? rh.end - rh.begin : (rh.end - rh.begin + g.dh - 1) / g.dh;
       const int64_t th0 = (rh.begin - (oh * g.sh - g.ph)) / g.dh;  // tap row of the first in-range row
 #if defined(__x86_64__)
-      if constexpr (kVec && !kIdx && sizeof(scalar_t) == 2) {  // float32 measured no faster
-        if (wide && g.sw == 2 && pairs) {
+      if constexpr (kVec) {
+        if (wide && g.sw == 2 && pairs && (kIdx || sizeof(scalar_t) == 2)) {  // float32 values: no faster
           const scalar_t* src = plane + rh.begin * g.W;
           prefetch_rows_ahead(src, g);
           src += inner.begin * 2 - g.pw;
+          const int64_t o = inner.begin;
+          const int32_t first = static_cast<int32_t>(kTaps ? th0 * g.kw : rh.begin * g.W + o * 2 - g.pw);
           blocks16_by_two(inner.end - inner.begin, [&]<int kB>(int64_t c0, Step<kB>) {
-            max_blocks_pairs16<kB>(src, g.dh * g.W, nrows, g.kw, c0, yrow + inner.begin);
+            max_blocks_pairs16<kB, kIdx, kTaps>(src, g.dh * g.W, nrows, g.kw, c0, first, row_step, yrow + o,
+                                                kIdx ? irow + o : nullptr);
           });
           return;
         }
