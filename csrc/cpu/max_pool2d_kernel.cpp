@@ -220,6 +220,9 @@ void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
   const Range inner = inner_columns(g);
   // Rows of 16 inner outputs or more take sixteen-float blocks with AVX-512.
   const bool wide = kVec && avx512_enabled() && inner.end - inner.begin >= 16;
+  // Stride-2 rows of 8 or more such outputs whose taps load in pairs take blocks of sixteen (max_blocks_pairs16).
+  const bool pairs16 = kVec && avx512_enabled() && inner.end - inner.begin >= 8 && g.sw == 2 && pairs;
+  const scalar_t* x_end = x + g.N * g.C * g.H * g.W;
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.OW * g.kh * g.kw));
   std::vector<Range> rows(g.OH), cols(g.OW);  // the windows, once for all planes
   for (int64_t oh = 0; oh < g.OH; ++oh) rows[oh] = max_pool_taps(oh, g.H, g.kh, g.sh, g.ph, g.dh);
@@ -281,17 +284,29 @@ void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
       const int64_t th0 = (rh.begin - (oh * g.sh - g.ph)) / g.dh;  // tap row of the first in-range row
 #if defined(__x86_64__)
       if constexpr (kVec) {
-        if (wide && g.sw == 2 && pairs && (kIdx || sizeof(scalar_t) == 2)) {  // float32 values: no faster
+        if (pairs16 && (kIdx || sizeof(scalar_t) == 2 || !wide)) {  // float32 values of wide rows: no faster
           const scalar_t* src = plane + rh.begin * g.W;
+          const int64_t o = inner.begin, n = inner.end - inner.begin, rs = g.dh * g.W;
           prefetch_rows_ahead(src, g);
-          src += inner.begin * 2 - g.pw;
-          const int64_t o = inner.begin;
+          src += o * 2 - g.pw;
           const int32_t first = static_cast<int32_t>(kTaps ? th0 * g.kw : rh.begin * g.W + o * 2 - g.pw);
-          blocks16_by_two(inner.end - inner.begin, [&]<int kB>(int64_t c0, Step<kB>) {
-            max_blocks_pairs16<kB, kIdx, kTaps>(src, g.dh * g.W, nrows, g.kw, c0, first, row_step, yrow + o,
-                                                kIdx ? irow + o : nullptr);
-          });
-          return;
+          if (n >= 16) {
+            blocks16_by_two(n, [&]<int kB>(int64_t c0, Step<kB>) {
+              max_blocks_pairs16<kB, kIdx, kTaps>(src, rs, nrows, g.kw, c0, first, row_step, yrow + o,
+                                                  kIdx ? irow + o : nullptr);
+            });
+            return;
+          }
+          // A short row: one block of sixteen, n of them kept. Its loads reach
+          // 2 * 16 + kw - 2 elements on, inside the tensor but for its last rows.
+          if (src + (nrows - 1) * rs + 30 + g.kw <= x_end) {
+            scalar_t yb[16];
+            out_t ib[16];
+            max_blocks_pairs16<1, kIdx, kTaps>(src, rs, nrows, g.kw, 0, first, row_step, yb, ib);
+            std::copy_n(yb, n, yrow + o);
+            if (kIdx) std::copy_n(ib, n, irow + o);
+            return;
+          }
         }
       }
       if constexpr (kVec) {
