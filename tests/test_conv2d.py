@@ -176,6 +176,22 @@ DEPTHWISE_TILES = [
 ]
 
 
+@pytest.mark.parametrize("dtype,C", [(torch.float32, 32), (torch.bfloat16, 96), (torch.bfloat16, 40)])
+def test_large_depthwise_nhwc_outputs_stream(dtype, C):
+    """Channels-last depthwise outputs of 16 MiB and more go out of the AVX-512 tiles with non-temporal stores
+    where every pixel is 64-byte aligned (not for 40 bfloat16 channels): the NCHW kernel's bits, twice in a row
+    into a reused buffer, bias and the border pixels included."""
+    x, w, b = make(1, C, 740 if dtype == torch.bfloat16 and C == 40 else 370, 370, C, C, 3, torch.float32,
+                   bias=True, seed=C)
+    x, w, b = x.to(dtype), w.to(dtype), b.to(dtype)
+    expected = P.conv2d(x, w, b, 1, 1, 1, C)
+    assert expected.numel() * expected.element_size() >= 16 << 20
+    xl = x.contiguous(memory_format=torch.channels_last)
+    for _ in range(2):
+        y = P.conv2d(xl, w, b, 1, 1, 1, C)
+        assert torch.equal(y, expected) and y.is_contiguous(memory_format=torch.channels_last)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_depthwise_nhwc_tiles_match_nchw_bits(dtype):
     """The channels-last depthwise forward sums bias then the in-range taps in row-major order, as the NCHW
