@@ -266,6 +266,61 @@ void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
       scalar_t* yrow = y + r * g.OW;
       out_t* irow = kIdx ? idx + r * g.OW : nullptr;
       const bool sweep = !rh.empty() && inner.end - inner.begin >= kV;
+      if (sweep) [&] {  // the inner outputs first, as in avg_pool2d's forward_nchw
+        const int64_t nrows = g.dh == 1 ? rh.end - rh.begin : (rh.end - rh.begin + g.dh - 1) / g.dh;
+        const int64_t th0 = (rh.begin - (oh * g.sh - g.ph)) / g.dh;  // tap row of the first in-range row
+#if defined(__x86_64__)
+        if constexpr (kVec) {
+          if (pairs16 && (kIdx || sizeof(scalar_t) == 2 || !wide)) {  // float32 values of wide rows: no faster
+            const scalar_t* src = plane + rh.begin * g.W;
+            const int64_t o = inner.begin, n = inner.end - inner.begin, rs = g.dh * g.W;
+            prefetch_rows_ahead(src, g);
+            src += o * 2 - g.pw;
+            const int32_t first = static_cast<int32_t>(kTaps ? th0 * g.kw : rh.begin * g.W + o * 2 - g.pw);
+            if (n >= 16) {
+              blocks16_by_two(n, [&]<int kB>(int64_t c0, Step<kB>) {
+                max_blocks_pairs16<kB, kIdx, kTaps>(src, rs, nrows, g.kw, c0, first, row_step, yrow + o,
+                                                    kIdx ? irow + o : nullptr);
+              });
+              return;
+            }
+            // A short row: one block of sixteen, n of them kept. Its loads reach
+            // 2 * 16 + kw - 2 elements on, inside the tensor but for its last rows.
+            if (src + (nrows - 1) * rs + 30 + g.kw <= x_end) {
+              scalar_t yb[16];
+              out_t ib[16];
+              max_blocks_pairs16<1, kIdx, kTaps>(src, rs, nrows, g.kw, 0, first, row_step, yb, ib);
+              std::copy_n(yb, n, yrow + o);
+              if (kIdx) std::copy_n(ib, n, irow + o);
+              return;
+            }
+          }
+        }
+        if constexpr (kVec) {
+          if (wide) {
+            row_blocks<16>(plane + rh.begin * g.W, nrows, g, inner, phased, phase,
+                           [&]<int kStep>(int64_t c0, const auto& at, Step<kStep>, int64_t step) {
+              const int32_t first = static_cast<int32_t>(kTaps ? th0 * g.kw : rh.begin * g.W + c0 * g.sw - g.pw);
+              max_row_vec16<kStep, kIdx, kTaps>(at, step, pairs, nrows, g.kw, first, row_step, tap_step, out_step,
+                                                yrow + c0, kIdx ? irow + c0 : nullptr);
+            });
+            return;
+          }
+        }
+#endif
+        row_blocks<kV>(plane + rh.begin * g.W, nrows, g, inner, phased, phase,
+                       [&]<int kStep>(int64_t c0, const auto& at, Step<kStep>, int64_t step) {
+          const index_t first = static_cast<index_t>(kTaps ? th0 * g.kw : rh.begin * g.W + c0 * g.sw - g.pw);
+          out_t* ib = kIdx ? irow + c0 : nullptr;
+          if constexpr (kVec) {
+            max_row_vec8<kStep, kIdx, kTaps>(at, step, pairs, nrows, g.kw, first, row_step, tap_step, out_step,
+                                             yrow + c0, ib);
+          } else {
+            max_row_block<kV, kStep, kIdx, kTaps, acc_t>(at, step, nrows, g.kw, first, row_step, tap_step, out_step,
+                                                         yrow + c0, ib);
+          }
+        });
+      }();
       for (int64_t ow = 0; ow < g.OW; ++ow) {
         if (sweep && ow == inner.begin) ow = inner.end;
         if (ow == g.OW) break;
@@ -279,60 +334,6 @@ void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
         yrow[ow] = static_cast<scalar_t>(b);
         if (kIdx) irow[ow] = max_pool_store<out_t>(a, oh, ow, g);
       }
-      if (!sweep) return;
-      const int64_t nrows = g.dh == 1 ? rh.end - rh.begin : (rh.end - rh.begin + g.dh - 1) / g.dh;
-      const int64_t th0 = (rh.begin - (oh * g.sh - g.ph)) / g.dh;  // tap row of the first in-range row
-#if defined(__x86_64__)
-      if constexpr (kVec) {
-        if (pairs16 && (kIdx || sizeof(scalar_t) == 2 || !wide)) {  // float32 values of wide rows: no faster
-          const scalar_t* src = plane + rh.begin * g.W;
-          const int64_t o = inner.begin, n = inner.end - inner.begin, rs = g.dh * g.W;
-          prefetch_rows_ahead(src, g);
-          src += o * 2 - g.pw;
-          const int32_t first = static_cast<int32_t>(kTaps ? th0 * g.kw : rh.begin * g.W + o * 2 - g.pw);
-          if (n >= 16) {
-            blocks16_by_two(n, [&]<int kB>(int64_t c0, Step<kB>) {
-              max_blocks_pairs16<kB, kIdx, kTaps>(src, rs, nrows, g.kw, c0, first, row_step, yrow + o,
-                                                  kIdx ? irow + o : nullptr);
-            });
-            return;
-          }
-          // A short row: one block of sixteen, n of them kept. Its loads reach
-          // 2 * 16 + kw - 2 elements on, inside the tensor but for its last rows.
-          if (src + (nrows - 1) * rs + 30 + g.kw <= x_end) {
-            scalar_t yb[16];
-            out_t ib[16];
-            max_blocks_pairs16<1, kIdx, kTaps>(src, rs, nrows, g.kw, 0, first, row_step, yb, ib);
-            std::copy_n(yb, n, yrow + o);
-            if (kIdx) std::copy_n(ib, n, irow + o);
-            return;
-          }
-        }
-      }
-      if constexpr (kVec) {
-        if (wide) {
-          row_blocks<16>(plane + rh.begin * g.W, nrows, g, inner, phased, phase,
-                         [&]<int kStep>(int64_t c0, const auto& at, Step<kStep>, int64_t step) {
-            const int32_t first = static_cast<int32_t>(kTaps ? th0 * g.kw : rh.begin * g.W + c0 * g.sw - g.pw);
-            max_row_vec16<kStep, kIdx, kTaps>(at, step, pairs, nrows, g.kw, first, row_step, tap_step, out_step,
-                                              yrow + c0, kIdx ? irow + c0 : nullptr);
-          });
-          return;
-        }
-      }
-#endif
-      row_blocks<kV>(plane + rh.begin * g.W, nrows, g, inner, phased, phase,
-                     [&]<int kStep>(int64_t c0, const auto& at, Step<kStep>, int64_t step) {
-        const index_t first = static_cast<index_t>(kTaps ? th0 * g.kw : rh.begin * g.W + c0 * g.sw - g.pw);
-        out_t* ib = kIdx ? irow + c0 : nullptr;
-        if constexpr (kVec) {
-          max_row_vec8<kStep, kIdx, kTaps>(at, step, pairs, nrows, g.kw, first, row_step, tap_step, out_step,
-                                           yrow + c0, ib);
-        } else {
-          max_row_block<kV, kStep, kIdx, kTaps, acc_t>(at, step, nrows, g.kw, first, row_step, tap_step, out_step,
-                                                       yrow + c0, ib);
-        }
-      });
     });
   });
 }
