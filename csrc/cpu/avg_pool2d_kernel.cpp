@@ -123,11 +123,13 @@ __attribute__((target("avx512f"))) void sum_blocks_pairs16(const scalar_t* src, 
 #endif
 
 // NCHW: one task per output row. Outputs whose window lies inside [0, W) are
-// summed kV at a time (row_blocks), each in row-major tap order and then
-// divided, as the shared scalar path does for the border outputs and for rows
-// with fewer than kV inner outputs. Float, half and bfloat16 take eight-float
-// blocks (for strides above 2 their rows are phased), and planes whose rows
-// are too short for a block go eight planes at a time (plane_groups).
+// summed first, kV at a time (row_blocks), each in row-major tap order and
+// then divided, as the shared scalar path then does for the border outputs
+// and for rows with fewer than kV inner outputs. Float, half and bfloat16 take
+// eight-float blocks (for strides above 2 their rows are phased), sixteen with
+// AVX-512, at stride 2 with taps in pairs two blocks at a time
+// (sum_blocks_pairs16), and planes whose rows are too short for a block go
+// eight planes at a time (plane_groups).
 template <typename scalar_t>
 void forward_nchw(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const AvgPoolOpts& opt) {
   using acc_t = at::opmath_type<scalar_t>;

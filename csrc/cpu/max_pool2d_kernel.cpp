@@ -203,12 +203,13 @@ acc_t border_max(const scalar_t* plane, int64_t W, Range rh, Range rw, int64_t d
 }
 
 // NCHW: one task per output row. Outputs whose window lies inside [0, W) are
-// swept kV at a time (row_blocks); the border outputs, and rows with fewer
-// than kV such outputs, use the shared scalar scan (border_max for values
-// only). Float, half and bfloat16 take eight-float blocks (for strides above
-// 2 their rows are phased), and
-// planes whose rows are too short for a block go eight planes at a time, a
-// lane per plane (plane_groups).
+// swept first, kV at a time (row_blocks); the border outputs, and rows with
+// fewer than kV such outputs, then use the shared scalar scan (border_max for
+// values only). Float, half and bfloat16 take eight-float blocks (for strides
+// above 2 their rows are phased), sixteen with AVX-512, at stride 2 with taps
+// in pairs two blocks at a time (max_blocks_pairs16), and planes whose rows
+// are too short for a block go eight planes at a time, a lane per plane
+// (plane_groups).
 template <typename scalar_t, typename index_t, typename out_t, bool kIdx>
 void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& g) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -222,7 +223,7 @@ void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
   const bool wide = kVec && avx512_enabled() && inner.end - inner.begin >= 16;
   // Stride-2 rows of 8 or more such outputs whose taps load in pairs take blocks of sixteen (max_blocks_pairs16).
   const bool pairs16 = kVec && avx512_enabled() && inner.end - inner.begin >= 8 && g.sw == 2 && pairs;
-  const scalar_t* x_end = x + g.N * g.C * g.H * g.W;
+  const int64_t x_size = g.N * g.C * g.H * g.W;
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.OW * g.kh * g.kw));
   std::vector<Range> rows(g.OH), cols(g.OW);  // the windows, once for all planes
   for (int64_t oh = 0; oh < g.OH; ++oh) rows[oh] = max_pool_taps(oh, g.H, g.kh, g.sh, g.ph, g.dh);
@@ -286,7 +287,7 @@ void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
             }
             // A short row: one block of sixteen, n of them kept. Its loads reach
             // 2 * 16 + kw - 2 elements on, inside the tensor but for its last rows.
-            if (src + (nrows - 1) * rs + 30 + g.kw <= x_end) {
+            if ((src - x) + (nrows - 1) * rs + 30 + g.kw <= x_size) {
               scalar_t yb[16];
               out_t ib[16];
               max_blocks_pairs16<1, kIdx, kTaps>(src, rs, nrows, g.kw, 0, first, row_step, yb, ib);
