@@ -296,8 +296,6 @@ void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
               return;
             }
           }
-        }
-        if constexpr (kVec) {
           if (wide) {
             row_blocks<16>(plane + rh.begin * g.W, nrows, g, inner, phased, phase,
                            [&]<int kStep>(int64_t c0, const auto& at, Step<kStep>, int64_t step) {
