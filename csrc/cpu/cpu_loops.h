@@ -44,13 +44,15 @@ inline void prefetch_block(const void* p, int64_t bytes = kBytes) {
   for (int64_t l = 0; l < n; l += 64) __builtin_prefetch(static_cast<const char*>(p) + l, 0, kLocality);
 }
 
+// Tensors this large are taken to be read from, or written to, memory rather than the cache.
+constexpr int64_t kStreamBytes = int64_t(16) << 20;
+
 // Whether a kernel writes its output in pieces of piece_bytes (NHWC pixels,
 // NCHW planes) from y with non-temporal stores: outputs too large to stay in
 // the cache, with every piece aligned. Skipping the read of each written line took
 // DenseNet's NHWC float average pool from 2.2 to 1.75 ms.
 inline bool stream_output(const void* y, int64_t bytes, int64_t piece_bytes) {
-  constexpr int64_t kMinBytes = int64_t(16) << 20;
-  return bytes >= kMinBytes && reinterpret_cast<uintptr_t>(y) % 32 == 0 && piece_bytes % 32 == 0;
+  return bytes >= kStreamBytes && reinterpret_cast<uintptr_t>(y) % 32 == 0 && piece_bytes % 32 == 0;
 }
 
 // The outputs along W whose whole window lies inside [0, W): NCHW kernels
