@@ -396,6 +396,21 @@ def test_large_nchw_gradients_stream(dtype, hw):
         assert torch.equal(gx, expected), indices
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_large_nhwc_inputs_with_overlapping_rows(dtype):
+    """Channels-last inputs of 16 MiB and more under windows overlapping along H prefetch the rows below each
+    window: torch's values and indices, dilation and ceil_mode (windows running past the last row) included."""
+    x = torch.randn(1, 64, 372, 186 if dtype == torch.float32 else 372).to(dtype)
+    assert x.numel() * x.element_size() >= 16 << 20
+    xl = x.contiguous(memory_format=torch.channels_last)
+    for k, s, p, d, ceil in ((3, 2, 1, 1, False), (3, 2, 0, 2, True), (4, 3, 1, 1, True)):
+        y, i = P.max_pool2d(xl, k, s, p, d, ceil, return_indices=True)
+        yt, it = F.max_pool2d(xl, k, s, p, d, ceil, return_indices=True)
+        assert torch.equal(y, yt) and torch.equal(i, it), (k, s, p, d, ceil)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(P.max_pool2d(xl, k, s, p, d, ceil), yt)
+
+
 def test_return_indices_and_no_grad_paths_give_same_gradient():
     x = distinct((2, 3, 8, 8))
     g = torch.randn(2, 3, 4, 4, dtype=torch.float64)

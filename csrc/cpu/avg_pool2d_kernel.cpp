@@ -222,7 +222,10 @@ void forward_nhwc(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
   using acc_t = at::opmath_type<scalar_t>;
   const AvgTables<acc_t> tab(g, opt);
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.C * g.kh * g.kw));
-  const int64_t ahead = prefetch_ahead(g.sw * g.C, sizeof(scalar_t));
+  // As max pooling's forward_nhwc: rows below the window for overlapping
+  // windows over an input read from memory, else each tap's block 4 KiB on.
+  const bool next_rows = g.N * g.H * g.W * g.C * int64_t(sizeof(scalar_t)) >= kStreamBytes && g.kh > g.sh;
+  const int64_t ahead = next_rows ? 0 : prefetch_ahead(g.sw * g.C, sizeof(scalar_t));
   const int64_t pixel_bytes = g.C * int64_t(sizeof(scalar_t));
   const bool stream = stream_output(y, g.N * g.OH * g.OW * pixel_bytes, pixel_bytes);
   at::parallel_for(0, g.N * g.OH * g.OW, grain, [&](int64_t begin, int64_t end) {
@@ -235,6 +238,7 @@ void forward_nhwc(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
         std::fill(y + p * g.C, y + (p + 1) * g.C, scalar_t(0));
         continue;
       }
+      if (next_rows) prefetch_rows_below(xn, g, rh, rw);
       const ExactDiv<acc_t>& div = tab.divisors[oh * g.OW + ow];
       nhwc_window_sum(xn, g.W, g.C, g.C, rh, rw, y + p * g.C, [&](auto sum) { return div(sum); }, ahead, g.dh,
                       g.dw, stream);
