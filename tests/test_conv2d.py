@@ -92,6 +92,8 @@ def test_depthwise_nhwc_tiles_without_avx512():
     """POOLOPS_AVX512=0 (as on an AVX2-only CPU): the eight-float tiles take every channel block."""
     run_without_avx512("test_conv2d", "test_depthwise_nhwc_tiles_match_nchw_bits",
                        [(torch.float32,), (torch.bfloat16,), (torch.float16,)])
+    run_without_avx512("test_conv2d", "test_depthwise_nhwc_input_gradient_channel_blocks",
+                       [(torch.float32,), (torch.bfloat16,)])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -213,6 +215,24 @@ def test_depthwise_nhwc_tiles_match_nchw_bits(dtype):
                                                          dict(rtol=1e-2, atol=2e-2)), msg=str(cfg))
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_depthwise_nhwc_input_gradient_channel_blocks(dtype):
+    """The channels-last depthwise grad_input sums each input pixel's readers in 32-channel tiles (AVX-512),
+    then register blocks and the tail: a float64 reference's values, whatever C, rows and columns no output
+    reads included (stride above the kernel), and the channels-last layout."""
+    for (C, k, s, p, d, W) in DEPTHWISE_TILES + [(40, 2, 3, 0, 1, 20), (96, 3, 2, 1, 1, 6)]:
+        x, w, _ = make(2, C, 13, W, C, C, k, torch.float32, bias=False, seed=C + W)
+        go = torch.randn_like(F.conv2d(x, w, None, s, p, d, C))
+        x, w, go = x.to(dtype), w.to(dtype), go.to(dtype)
+        gi = ops._conv2d_backward_input(go.contiguous(memory_format=torch.channels_last), w, list(x.shape),
+                                        list(pair(s)), list(pair(p)), list(pair(d)), C)
+        assert gi.is_contiguous(memory_format=torch.channels_last) and gi.dtype == dtype
+        xd = x.double().requires_grad_()
+        want = torch.autograd.grad(F.conv2d(xd, w.double(), None, s, p, d, C), xd, go.double())[0]
+        torch.testing.assert_close(gi.double(), want, **(TOL[torch.float32] if dtype == torch.float32 else
+                                                         dict(rtol=1e-2, atol=2e-2)), msg=str((C, k, s, p, d, W)))
 
 
 # --- F.3 errors ---------------------------------------------------------------------------------

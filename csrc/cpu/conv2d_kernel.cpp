@@ -573,6 +573,29 @@ __attribute__((target("avx512f"))) void depthwise_nhwc_tile16(const T* x, int64_
 }
 #endif
 
+// Channels [c0, C) of one output pixel, as depthwise_nhwc_block sums them:
+// with AVX-512, 32 at a time in one-output tiles, then in register blocks.
+template <typename T, typename acc_t>
+void depthwise_nhwc_pixel(const T* xn, const acc_t* wv, const T* bias, T* y, const int64_t* src, const int64_t* wrow,
+                          int64_t nt, int64_t C, int64_t c0, int64_t ahead) {
+  constexpr int kB = (sizeof(T) == sizeof(acc_t) ? 256 : 128) / sizeof(acc_t);  // accumulators in AVX2 registers
+  const auto at = [&](const auto* p) { return p ? p + c0 : p; };
+#if defined(__x86_64__)
+  if constexpr (vec8::kSupported<T>) {
+    if (avx512_enabled()) {
+      for (; c0 + 32 <= C; c0 += 32) depthwise_nhwc_tile16<1, 2>(xn + c0, 0, wv + c0, at(bias), y + c0, C, src, wrow, nt, false);
+    }
+  }
+#endif
+  for (; c0 + kB <= C; c0 += kB) depthwise_nhwc_block<kB>(xn + c0, wv + c0, at(bias), y + c0, src, wrow, nt, kB, ahead);
+  for (; c0 + kB / 4 <= C; c0 += kB / 4) {
+    depthwise_nhwc_block<kB / 4>(xn + c0, wv + c0, at(bias), y + c0, src, wrow, nt, kB / 4, ahead);
+  }
+  for (; c0 < C; c0 += kLanes) {
+    depthwise_nhwc_block<0>(xn + c0, wv + c0, at(bias), y + c0, src, wrow, nt, std::min(kLanes, C - c0), ahead);
+  }
+}
+
 // One task per run of output pixels, channels blocked in registers. Float
 // types sweep the outputs of a row whose taps all lie in range a tile at a
 // time (depthwise_nhwc_tile: eight outputs with AVX-512, else four); the
@@ -582,7 +605,6 @@ __attribute__((target("avx512f"))) void depthwise_nhwc_tile16(const T* x, int64_
 template <typename T>
 void depthwise_forward_nhwc(const T* x, const T* wtc, const T* bias, T* y, const Conv2dGeom& g) {
   using acc_t = at::opmath_type<T>;
-  constexpr int kB = (sizeof(T) == sizeof(acc_t) ? 256 : 128) / sizeof(acc_t);  // accumulators in AVX2 registers
   const int64_t C = g.C;
   const int64_t C8 = vec8::kSupported<T> ? C / 8 * 8 : 0;
   const bool wide = avx512_enabled();
@@ -617,30 +639,7 @@ void depthwise_forward_nhwc(const T* x, const T* wtc, const T* bias, T* y, const
         src[nt] = (h * g.W + w) * C;
         wrow[nt++] = (i * g.kw + j) * C;
       });
-      T* yp = y + p * C;
-      const T* b = bias;
-#if defined(__x86_64__)
-      if constexpr (vec8::kSupported<T>) {
-        if (wide) {
-          for (; c0 + 32 <= C8; c0 += 32) {
-            depthwise_nhwc_tile16<1, 2>(xn + c0, 0, wv.data() + c0, b ? b + c0 : b, yp + c0, C, src.data(),
-                                        wrow.data(), nt, false);
-          }
-        }
-      }
-#endif
-      for (; c0 + kB <= C; c0 += kB) {
-        depthwise_nhwc_block<kB>(xn + c0, wv.data() + c0, b ? b + c0 : b, yp + c0, src.data(), wrow.data(), nt, kB,
-                                 ahead);
-      }
-      for (; c0 + kB / 4 <= C; c0 += kB / 4) {
-        depthwise_nhwc_block<kB / 4>(xn + c0, wv.data() + c0, b ? b + c0 : b, yp + c0, src.data(), wrow.data(), nt,
-                                     kB / 4, ahead);
-      }
-      for (; c0 < C; c0 += kLanes) {
-        depthwise_nhwc_block<0>(xn + c0, wv.data() + c0, b ? b + c0 : b, yp + c0, src.data(), wrow.data(), nt,
-                                std::min(kLanes, C - c0), ahead);
-      }
+      depthwise_nhwc_pixel(xn, wv.data(), bias, y + p * C, src.data(), wrow.data(), nt, C, c0, ahead);
     };
     for (int64_t p = begin; p < end;) {
       const int64_t row = p / g.OW, ow = p % g.OW;
@@ -717,23 +716,21 @@ void depthwise_backward_input_nhwc(const T* gout, const T* wtc, T* gin, const Co
   using acc_t = at::opmath_type<T>;
   const int64_t C = g.C;
   const ReaderTables rt(g);
+  std::vector<acc_t> wv(g.taps() * C);
+  for (int64_t e = 0; e < g.taps() * C; ++e) wv[e] = static_cast<acc_t>(wtc[e]);
   at::parallel_for(0, g.N * g.H, grain_for(g.W * C * g.taps()), [&](int64_t begin, int64_t end) {
-    acc_t acc[kLanes];
+    std::vector<int64_t> src(g.taps()), wrow(g.taps());
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / g.H, h = row % g.H;
       const T* gn = gout + n * g.ohw() * C;
       for (int64_t w = 0; w < g.W; ++w) {
-        T* dst = gin + (row * g.W + w) * C;
-        for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
-          const int64_t cn = std::min(kLanes, C - c0);
-          std::fill(acc, acc + cn, acc_t(0));
-          rt.each(h, w, [&](int64_t i, int64_t j, int64_t oh, int64_t ow) {
-            const T* src = gn + (oh * g.OW + ow) * C + c0;
-            const T* wv = wtc + (i * g.kw + j) * C + c0;
-            for (int64_t c = 0; c < cn; ++c) acc[c] += static_cast<acc_t>(wv[c]) * static_cast<acc_t>(src[c]);
-          });
-          for (int64_t c = 0; c < cn; ++c) dst[c0 + c] = static_cast<T>(acc[c]);
-        }
+        int64_t nt = 0;
+        rt.each(h, w, [&](int64_t i, int64_t j, int64_t oh, int64_t ow) {
+          src[nt] = (oh * g.OW + ow) * C;
+          wrow[nt++] = (i * g.kw + j) * C;
+        });
+        depthwise_nhwc_pixel(gn, wv.data(), static_cast<const T*>(nullptr), gin + (row * g.W + w) * C, src.data(),
+                             wrow.data(), nt, C, 0, 0);
       }
     }
   });
