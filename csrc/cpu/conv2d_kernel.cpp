@@ -384,29 +384,56 @@ void depthwise_forward_nchw(const T* x, const T* wt, const T* bias, T* y, const 
         const acc_t b = bias ? static_cast<acc_t>(bias[oc]) : acc_t(0);
         T* out = y + (n * g.OC + oc) * g.ohw();
         for (int64_t t = 0; t < g.taps(); ++t) wv[t] = static_cast<acc_t>(w[t]);
-        for (int64_t oh = 0; oh < g.OH; ++oh) {
-          const acc_t* row = buf.data() + oh * row_step;
-          for (int64_t ow0 = 0; ow0 < g.OW; ow0 += kBlock) {
-            acc_t a[kBlock];
-            if constexpr (std::is_same_v<acc_t, float>) {  // the compiler leaves std::fma scalar
-              vec8::f32x8 v[kBlock / 8];
-              for (auto& e : v) e = vec8::broadcast(b);
-              for (int64_t t = 0; t < g.taps(); ++t) {
-                const acc_t* src = row + tap_off[t] + ow0;
-                for (int64_t e = 0; e < kBlock / 8; ++e) {
-                  v[e] = vec8::fmadd(vec8::broadcast(wv[t]), vec8::load_raw<vec8::f32x8>(src + 8 * e), v[e]);
+        if constexpr (std::is_same_v<acc_t, float>) {
+          // kR output rows of kBlock outputs in registers, each tap's weight broadcast once for them.
+          const auto rows = [&](int64_t oh, auto r) {
+            constexpr int kR = decltype(r)::value;
+            for (int64_t ow0 = 0; ow0 < g.OW; ow0 += kBlock) {
+              vec8::f32x8 v[kR][kBlock / 8];
+              for (auto& row : v) {
+                for (auto& e : row) e = vec8::broadcast(b);
+              }
+              for (int64_t t = 0; t < g.taps(); ++t) {  // std::fma, which the compiler leaves scalar, lane by lane
+                const vec8::f32x8 wt = vec8::broadcast(wv[t]);
+                const acc_t* src = buf.data() + oh * row_step + tap_off[t] + ow0;
+                for (int q = 0; q < kR; ++q) {
+                  for (int64_t e = 0; e < kBlock / 8; ++e) {
+                    v[q][e] = vec8::fmadd(wt, vec8::load_raw<vec8::f32x8>(src + q * row_step + 8 * e), v[q][e]);
+                  }
                 }
               }
-              std::memcpy(a, v, sizeof(a));
-            } else {
+              const int64_t n_out = std::min(kBlock, g.OW - ow0);
+              for (int q = 0; q < kR; ++q) {
+                T* o = out + (oh + q) * g.OW + ow0;
+                if (n_out == kBlock) {
+                  for (int64_t e = 0; e < kBlock / 8; ++e) vec8::store(o + 8 * e, v[q][e]);
+                } else {
+                  acc_t a[kBlock];
+                  std::memcpy(a, v[q], sizeof(a));
+                  for (int64_t l = 0; l < n_out; ++l) o[l] = static_cast<T>(a[l]);
+                }
+              }
+            }
+          };
+          // Two rows at a time for float32 (the --quick shape 0.35 -> 0.30 ms); bfloat16 measured slower.
+          int64_t oh = 0;
+          if constexpr (std::is_same_v<T, float>) {
+            for (; oh + 2 <= g.OH; oh += 2) rows(oh, std::integral_constant<int, 2>{});
+          }
+          for (; oh < g.OH; ++oh) rows(oh, std::integral_constant<int, 1>{});
+        } else {
+          for (int64_t oh = 0; oh < g.OH; ++oh) {
+            const acc_t* row = buf.data() + oh * row_step;
+            for (int64_t ow0 = 0; ow0 < g.OW; ow0 += kBlock) {
+              acc_t a[kBlock];
               for (int64_t l = 0; l < kBlock; ++l) a[l] = b;
               for (int64_t t = 0; t < g.taps(); ++t) {
                 const acc_t* src = row + tap_off[t] + ow0;
                 for (int64_t l = 0; l < kBlock; ++l) a[l] = mul_add(wv[t], src[l], a[l]);
               }
+              const int64_t n_out = std::min(kBlock, g.OW - ow0);
+              for (int64_t l = 0; l < n_out; ++l) out[oh * g.OW + ow0 + l] = static_cast<T>(a[l]);
             }
-            const int64_t n_out = std::min(kBlock, g.OW - ow0);
-            for (int64_t l = 0; l < n_out; ++l) out[oh * g.OW + ow0 + l] = static_cast<T>(a[l]);
           }
         }
       }
