@@ -488,6 +488,53 @@ inline acc_t lane_dot(const T* a, const acc_t* b, int64_t n) {
   return s;
 }
 
+// part[t] = sum over the outputs of go times the phase buffer at tap t
+// (offset tap_off[t], row_step per output row), for up to kTapLanes taps:
+// eight outputs at a time, each loaded once for every tap, in eight lanes per
+// tap summed at the end (a row's last outputs through a zeroed copy and
+// masked loads, which read nothing past them).
+constexpr int64_t kTapLanes = 12;
+
+template <typename T>
+void tap_dots8(const T* go, const float* buf, const int64_t* tap_off, int64_t taps, int64_t row_step,
+               const Conv2dGeom& g, float* part) {
+  vec8::f32x8 acc[kTapLanes] = {};
+  const int64_t full = g.OW / 8 * 8, rest = g.OW - full;
+  for (int64_t oh = 0; oh < g.OH; ++oh) {
+    const T* grow = go + oh * g.OW;
+    const float* brow = buf + oh * row_step;
+    for (int64_t ow = 0; ow < full; ow += 8) {
+      const vec8::f32x8 v = vec8::load<1>(grow + ow, 1);
+      for (int64_t t = 0; t < taps; ++t) {
+        acc[t] = vec8::fmadd(v, vec8::load_raw<vec8::f32x8>(brow + tap_off[t] + ow), acc[t]);
+      }
+    }
+    if (rest > 0) {
+      float v[8] = {};
+      for (int64_t l = 0; l < rest; ++l) v[l] = static_cast<float>(grow[full + l]);
+      const vec8::f32x8 tail = vec8::load_raw<vec8::f32x8>(v);
+#if defined(__AVX2__)
+      const __m256i lanes = vec8::bit_cast<__m256i>(vec8::iota() < vec8::broadcast(int32_t(rest)));
+#endif
+      for (int64_t t = 0; t < taps; ++t) {
+#if defined(__AVX2__)
+        const vec8::f32x8 b = vec8::bit_cast<vec8::f32x8>(_mm256_maskload_ps(brow + tap_off[t] + full, lanes));
+#else
+        float bs[8] = {};
+        std::copy(brow + tap_off[t] + full, brow + tap_off[t] + g.OW, bs);
+        const vec8::f32x8 b = vec8::load_raw<vec8::f32x8>(bs);
+#endif
+        acc[t] = vec8::fmadd(tail, b, acc[t]);
+      }
+    }
+  }
+  for (int64_t t = 0; t < taps; ++t) {
+    float s = 0.f;
+    for (int l = 0; l < 8; ++l) s += acc[t][l];
+    part[t] = s;
+  }
+}
+
 // Weight gradient: per (image, channel) partial sums, then a sum over images in
 // image order, so the result does not depend on the thread count.
 template <typename T>
@@ -497,6 +544,9 @@ void depthwise_backward_weight_nchw(const T* gout, const T* x, T* gw, const Conv
   const int64_t m = g.OC / g.C;
   const int64_t taps = g.taps();
   std::vector<acc_t> partial(g.N * g.OC * taps);
+  const int64_t row_step = pb.tap(g, 1, 0, 0) - pb.tap(g, 0, 0, 0);
+  std::vector<int64_t> tap_off(taps);
+  for (int64_t t = 0; t < taps; ++t) tap_off[t] = pb.tap(g, 0, t / g.kw, t % g.kw);
   at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> buf(pb.size(g));
     for (int64_t t = begin; t < end; ++t) {
@@ -506,6 +556,12 @@ void depthwise_backward_weight_nchw(const T* gout, const T* x, T* gw, const Conv
         const int64_t oc = c * m + r;
         const T* go = gout + (n * g.OC + oc) * g.ohw();
         acc_t* part = partial.data() + (n * g.OC + oc) * taps;
+        if constexpr (vec8::kSupported<T>) {
+          if (taps <= kTapLanes) {
+            tap_dots8(go, buf.data(), tap_off.data(), taps, row_step, g, part);
+            continue;
+          }
+        }
         for (int64_t i = 0; i < g.kh; ++i) {
           for (int64_t j = 0; j < g.kw; ++j) {
             acc_t s = acc_t(0);
