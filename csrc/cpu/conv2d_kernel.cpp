@@ -393,7 +393,7 @@ void depthwise_forward_nchw(const T* x, const T* wt, const T* bias, T* y, const 
               for (auto& row : v) {
                 for (auto& e : row) e = vec8::broadcast(b);
               }
-              for (int64_t t = 0; t < g.taps(); ++t) {  // std::fma, which the compiler leaves scalar, lane by lane
+              for (int64_t t = 0; t < g.taps(); ++t) {  // vec8::fmadd: the compiler leaves std::fma scalar
                 const vec8::f32x8 wt = vec8::broadcast(wv[t]);
                 const acc_t* src = buf.data() + oh * row_step + tap_off[t] + ow0;
                 for (int q = 0; q < kR; ++q) {
@@ -662,20 +662,24 @@ template <typename T, typename acc_t>
 void depthwise_nhwc_pixel(const T* xn, const acc_t* wv, const T* bias, T* y, const int64_t* src, const int64_t* wrow,
                           int64_t nt, int64_t C, int64_t c0, int64_t ahead) {
   constexpr int kB = (sizeof(T) == sizeof(acc_t) ? 256 : 128) / sizeof(acc_t);  // accumulators in AVX2 registers
-  const auto at = [&](const auto* p) { return p ? p + c0 : p; };
+  const auto bias_at = [&] { return bias ? bias + c0 : bias; };
 #if defined(__x86_64__)
   if constexpr (vec8::kSupported<T>) {
     if (avx512_enabled()) {
-      for (; c0 + 32 <= C; c0 += 32) depthwise_nhwc_tile16<1, 2>(xn + c0, 0, wv + c0, at(bias), y + c0, C, src, wrow, nt, false);
+      for (; c0 + 32 <= C; c0 += 32) {
+        depthwise_nhwc_tile16<1, 2>(xn + c0, 0, wv + c0, bias_at(), y + c0, C, src, wrow, nt, false);
+      }
     }
   }
 #endif
-  for (; c0 + kB <= C; c0 += kB) depthwise_nhwc_block<kB>(xn + c0, wv + c0, at(bias), y + c0, src, wrow, nt, kB, ahead);
+  for (; c0 + kB <= C; c0 += kB) {
+    depthwise_nhwc_block<kB>(xn + c0, wv + c0, bias_at(), y + c0, src, wrow, nt, kB, ahead);
+  }
   for (; c0 + kB / 4 <= C; c0 += kB / 4) {
-    depthwise_nhwc_block<kB / 4>(xn + c0, wv + c0, at(bias), y + c0, src, wrow, nt, kB / 4, ahead);
+    depthwise_nhwc_block<kB / 4>(xn + c0, wv + c0, bias_at(), y + c0, src, wrow, nt, kB / 4, ahead);
   }
   for (; c0 < C; c0 += kLanes) {
-    depthwise_nhwc_block<0>(xn + c0, wv + c0, at(bias), y + c0, src, wrow, nt, std::min(kLanes, C - c0), ahead);
+    depthwise_nhwc_block<0>(xn + c0, wv + c0, bias_at(), y + c0, src, wrow, nt, std::min(kLanes, C - c0), ahead);
   }
 }
 
@@ -758,7 +762,9 @@ void depthwise_forward_nhwc(const T* x, const T* wtc, const T* bias, T* y, const
           if (from_memory) {
             const int64_t bytes = kU * ustep * int64_t(sizeof(T));
             for (int64_t r = 0; r < nrows; ++r) prefetch_block<0, 2>(xt + tile_src[r * g.kw] + far_ahead, bytes);
-            for (int64_t r = 0; r < next_rows; ++r) prefetch_block<0, 2>(xn + next_at + r * g.W * C + u0 * ustep, bytes);
+            for (int64_t r = 0; r < next_rows; ++r) {
+              prefetch_block<0, 2>(xn + next_at + r * g.W * C + u0 * ustep, bytes);
+            }
             for (int64_t r = 0; r < nrows; ++r) prefetch_block<0>(xt + tile_src[r * g.kw], bytes);
           }
           int64_t c = 0;
