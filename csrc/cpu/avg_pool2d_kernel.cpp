@@ -222,9 +222,7 @@ void forward_nhwc(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
   using acc_t = at::opmath_type<scalar_t>;
   const AvgTables<acc_t> tab(g, opt);
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.C * g.kh * g.kw));
-  // As max pooling's forward_nhwc: rows below the window for overlapping
-  // windows over an input read from memory, else each tap's block 4 KiB on.
-  const bool next_rows = g.N * g.H * g.W * g.C * int64_t(sizeof(scalar_t)) >= kStreamBytes && g.kh > g.sh;
+  const bool next_rows = prefetch_below(g, sizeof(scalar_t));
   const int64_t ahead = next_rows ? 0 : prefetch_ahead(g.sw * g.C, sizeof(scalar_t));
   const int64_t pixel_bytes = g.C * int64_t(sizeof(scalar_t));
   const bool stream = stream_output(y, g.N * g.OH * g.OW * pixel_bytes, pixel_bytes);

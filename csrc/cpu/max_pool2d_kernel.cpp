@@ -400,13 +400,7 @@ void forward_nhwc(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int kB = 128 / sizeof(acc_t);  // running maxima kept in AVX2 registers
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.C * g.kh * g.kw));
-  // Windows overlapping along H over an input read from memory: each output
-  // prefetches into L1 the rows below its window that the next output row
-  // reads, at the columns it adds, and its taps prefetch nothing (ResNet's
-  // stem, bfloat16: 2.15 -> 1.86 ms; with indices 3.9 -> 3.4). Otherwise each
-  // tap prefetches its block about 4 KiB on: the rows below made VGG's late
-  // 2/2 layer twice as slow.
-  const bool next_rows = g.N * g.H * g.W * g.C * int64_t(sizeof(scalar_t)) >= kStreamBytes && g.kh > g.sh;
+  const bool next_rows = prefetch_below(g, sizeof(scalar_t));
   const int64_t ahead = next_rows ? 0 : prefetch_ahead(g.sw * g.C, sizeof(scalar_t));
   at::parallel_for(0, g.N * g.OH * g.OW, grain, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
