@@ -668,15 +668,16 @@ __attribute__((target("avx512f"))) void depthwise_nhwc_tile16(const T* x, int64_
 #endif
 
 // Channels [c0, C) of one output pixel, as depthwise_nhwc_block sums them:
-// with AVX-512, 32 at a time in one-output tiles, then in register blocks.
+// with AVX-512 (wide: avx512_enabled(), read once by the caller), 32 at a time
+// in one-output tiles, then in register blocks.
 template <typename T, typename acc_t>
 void depthwise_nhwc_pixel(const T* xn, const acc_t* wv, const T* bias, T* y, const int64_t* src, const int64_t* wrow,
-                          int64_t nt, int64_t C, int64_t c0, int64_t ahead) {
+                          int64_t nt, int64_t C, int64_t c0, int64_t ahead, bool wide) {
   constexpr int kB = (sizeof(T) == sizeof(acc_t) ? 256 : 128) / sizeof(acc_t);  // accumulators in AVX2 registers
   const auto bias_at = [&] { return bias ? bias + c0 : bias; };
 #if defined(__x86_64__)
   if constexpr (vec8::kSupported<T>) {
-    if (avx512_enabled()) {
+    if (wide) {
       for (; c0 + 32 <= C; c0 += 32) {
         depthwise_nhwc_tile16<1, 2>(xn + c0, 0, wv + c0, bias_at(), y + c0, C, src, wrow, nt, false);
       }
@@ -709,16 +710,17 @@ void depthwise_forward_nhwc(const T* x, const T* wtc, const T* bias, T* y, const
   // Outputs per tile: eight in AVX-512's 32 registers (MobileNet bfloat16 120 -> 106 us/image), else four.
   const int64_t tile = wide ? 8 : 4;
   const std::vector<acc_t> wv = widened<acc_t>(wtc, g.taps() * C);
-  // Half and bfloat16 prefetch four times further, about 16 KiB (MobileNet bfloat16 3.4 -> 2.9 ms; float32
-  // was fastest at 4 KiB).
+  // The pixel path's taps prefetch their block `ahead` on: about 16 KiB for
+  // half and bfloat16, 4 KiB for float32, the distances the tiles measured best
+  // before they prefetched as below (MobileNet bfloat16 3.4 -> 2.9 ms).
   const int64_t ahead = prefetch_ahead(g.sw * C, sizeof(T)) * (sizeof(T) == 2 ? 4 : 1);
   // Tiles of an input read from memory rather than the cache prefetch three
-  // ways: their rows 16x further on into L2, the rows the next output row
+  // ways: their rows about 64 KiB further on into L2, the rows the next output row
   // adds into L2, and their own lines into L1 before they start (MobileNet
   // bfloat16: one thread 5.4 -> 4.0 ms, two 2.5 -> 2.0). In the cache,
   // prefetching only cost time (the --quick shape 0.20 -> 0.18 ms without).
   const bool from_memory = g.N * g.H * g.W * C * int64_t(sizeof(T)) >= kStreamBytes;
-  const int64_t far_ahead = ahead * (sizeof(T) == 2 ? 4 : 16);
+  const int64_t far_ahead = prefetch_ahead(g.sw * C, sizeof(T)) * 16;
   const Range inner = conv_inner_outputs(g.W, g.OW, g.kw, g.sw, g.pw, g.dw);
   // Large outputs bypass the cache from the AVX-512 tiles, whose stores of
   // sixteen channels are aligned when the pixels are 64-byte aligned.
@@ -736,7 +738,7 @@ void depthwise_forward_nhwc(const T* x, const T* wtc, const T* bias, T* y, const
         src[nt] = (h * g.W + w) * C;
         wrow[nt++] = (i * g.kw + j) * C;
       });
-      depthwise_nhwc_pixel(xn, wv.data(), bias, y + p * C, src.data(), wrow.data(), nt, C, c0, ahead);
+      depthwise_nhwc_pixel(xn, wv.data(), bias, y + p * C, src.data(), wrow.data(), nt, C, c0, ahead, wide);
     };
     for (int64_t p = begin; p < end;) {
       const int64_t row = p / g.OW, ow = p % g.OW;
@@ -816,6 +818,7 @@ void depthwise_backward_input_nhwc(const T* gout, const T* wtc, T* gin, const Co
   const int64_t C = g.C;
   const ReaderTables rt(g);
   const std::vector<acc_t> wv = widened<acc_t>(wtc, g.taps() * C);
+  const bool wide = avx512_enabled();
   at::parallel_for(0, g.N * g.H, grain_for(g.W * C * g.taps()), [&](int64_t begin, int64_t end) {
     std::vector<int64_t> src(g.taps()), wrow(g.taps());
     for (int64_t row = begin; row < end; ++row) {
@@ -828,7 +831,7 @@ void depthwise_backward_input_nhwc(const T* gout, const T* wtc, T* gin, const Co
           wrow[nt++] = (i * g.kw + j) * C;
         });
         depthwise_nhwc_pixel(gn, wv.data(), static_cast<const T*>(nullptr), gin + (row * g.W + w) * C, src.data(),
-                             wrow.data(), nt, C, 0, 0);
+                             wrow.data(), nt, C, 0, 0, wide);
       }
     }
   });
