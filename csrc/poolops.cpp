@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "cpu/indirect_gemm.h"
 #include "output_alloc.h"
 
 namespace poolops {
@@ -21,12 +22,16 @@ int64_t cuda_version() {
 #endif
 }
 
+// Whether the CPU's dense conv2d of this dtype runs the indirect GEMM (tests pick their bounds by it).
+bool cpu_indirect_gemm(c10::ScalarType dtype) { return indirect_gemm_supported(dtype, 1); }
+
 }  // namespace
 }  // namespace poolops
 
 TORCH_LIBRARY(poolops, m) {
   m.def("_cuda_version() -> int", &poolops::cuda_version);
   m.def("_empty_cpu_cache() -> int", &poolops::empty_cpu_cache);
+  m.def("_cpu_indirect_gemm(ScalarType dtype) -> bool", &poolops::cpu_indirect_gemm);
 
   m.def(
       "max_pool2d_with_indices(Tensor self, int[] kernel_size, int[] stride, int[] padding, int[] dilation, "

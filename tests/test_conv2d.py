@@ -336,6 +336,36 @@ def test_dense_path_without_the_avx512_gemm():
     run_in_fresh_process(code, timeout=300, POOLOPS_GEMM="0")
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_im2col_gemm_rounds_once(dtype):
+    """Half and bfloat16 forwards through im2col columns (NCHW, groups=2, and every layout where the indirect GEMM
+    does not run) take a float32 GEMM where the CPU has no AVX512-BF16 (at::mm's own fallback there was up to 57x
+    slower): the float64 reference rounded once, for all but near-ties, bias included; the weight gradient matches
+    torch's."""
+    cases = [(torch.contiguous_format, 1, 3, 2, 1), (torch.channels_last, 1, 3, 2, 1), (torch.channels_last, 2, 3, 1, 1),
+             (torch.contiguous_format, 1, 1, 2, 0), (torch.channels_last, 1, 1, 1, 0)]
+    for layout, groups, k, s, p in cases:
+        x, w, b = make(4, 64, 12, 11, 48, groups, k, dtype, layout, seed=k + s)
+        y = ops.conv2d(x, w, b, pair(s), pair(p), [1, 1], groups)
+        want = ref.conv2d(x.double(), w.double(), b.double(), pair(s), pair(p), [1, 1], groups)
+        rounded = want.to(dtype)
+        assert y.dtype == dtype and y.is_contiguous(memory_format=layout)
+        assert (y == rounded).double().mean() > 0.99, (layout, groups, k, s, p)
+        bound = rounded.double().abs() * 2.0 ** -7 + 1e-5 * want.abs().max()
+        assert ((y.double() - want).abs() <= bound).all(), (layout, groups, k, s, p)
+        go = torch.randn(y.shape, generator=torch.Generator().manual_seed(2)).to(dtype)
+        go = go.contiguous(memory_format=layout)
+        gw = ops._conv2d_backward_weight(go, x, list(w.shape), pair(s), pair(p), [1, 1], groups)
+        gw_ref = torch.nn.grad.conv2d_weight(x.double(), w.shape, go.double(), s, p, 1, groups)
+        torch.testing.assert_close(gw.double(), gw_ref, atol=0.1, rtol=2e-2)
+
+
+def test_reduced_precision_gemm_without_avx512():
+    """POOLOPS_AVX512=0 (as on an AVX2-only CPU): the float32 GEMM route on any CPU."""
+    run_without_avx512("test_conv2d", "test_reduced_precision_im2col_gemm_rounds_once",
+                       [(torch.bfloat16,), (torch.float16,)])
+
+
 def test_backward_identities_and_uncovered_rows():
     """grad_input is conv_transpose2d with the computed output_padding; rows the forward never reads get 0."""
     for C, OC, groups, k, s, p, d in [(4, 6, 2, 3, 3, 0, 2), (4, 4, 4, 3, 2, 0, 1), (4, 6, 1, 2, 3, 0, 1)]:
@@ -395,7 +425,8 @@ def test_indirect_gemm(dtype, layout):
         op = [x.shape[i] + 2 * pair(p)[i - 2] - pair(d)[i - 2] * (w.shape[i] - 1) - 1 - (go.shape[i] - 1) * pair(s)[i - 2]
               for i in (2, 3)]
         gr = F.conv_transpose2d(go.double(), w.double(), None, s, p, op, 1, d)
-        indirect = layout == torch.channels_last or w.shape[2] * w.shape[3] * r.shape[2] * r.shape[3] >= H * W
+        indirect = torch.ops.poolops._cpu_indirect_gemm(dtype) and (
+            layout == torch.channels_last or w.shape[2] * w.shape[3] * r.shape[2] * r.shape[3] >= H * W)
         for got, want in ((y, r), (gi, gr)):
             if not indirect:
                 torch.testing.assert_close(got, want.to(dtype), **TOL[dtype], msg=str((C, OC, k, s, p, d)))

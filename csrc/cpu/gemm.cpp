@@ -130,6 +130,15 @@ bool avx512_enabled() {
 #endif
 }
 
+bool avx512_bf16_enabled() {
+#ifdef POOLOPS_GEMM_X86
+  static const bool yes = avx512_enabled() && __builtin_cpu_supports("avx512bf16");
+  return yes;
+#else
+  return false;
+#endif
+}
+
 bool own_gemm_enabled() {
   static const bool enabled = [] {
     const char* v = std::getenv("POOLOPS_GEMM");

@@ -13,6 +13,9 @@ namespace poolops {
 // and POOLOPS_AVX512=0 is not set.
 bool avx512_enabled();
 
+// avx512_enabled(), and the CPU has AVX512-BF16 dot products.
+bool avx512_bf16_enabled();
+
 // avx512_enabled(), and POOLOPS_GEMM=0 is not set: the project's GEMMs (this
 // one and indirect_gemm.h) may run.
 bool own_gemm_enabled();

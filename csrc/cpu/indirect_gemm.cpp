@@ -117,21 +117,12 @@ void tile(int64_t taps, int64_t K, const T* const* a, const T* b, const float* b
 #endif
 }
 
-bool has_avx512_bf16() {
-#if defined(__x86_64__)
-  static const bool yes = __builtin_cpu_supports("avx512bf16");
-  return yes;
-#else
-  return false;
-#endif
-}
-
 }  // namespace
 
 bool indirect_gemm_supported(at::ScalarType type, int64_t K) {
   if (!own_gemm_enabled() || K <= 0) return false;
   if (type == at::kFloat) return true;
-  return type == at::kBFloat16 && has_avx512_bf16();
+  return type == at::kBFloat16 && avx512_bf16_enabled();
 }
 
 template <typename T>
