@@ -25,7 +25,8 @@ void reduce_nhwc(const scalar_t* x, scalar_t* y, int64_t* idx, const Pool2dGeom&
   constexpr int64_t kBlock = 64;
   const int64_t HW = g.H * g.W;
   const int64_t blocks = (g.C + kBlock - 1) / kBlock;
-  const int64_t ahead = prefetch_ahead(g.C, sizeof(scalar_t));
+  // The next block's channels of the same pixel (the next image's first pixel after the last block).
+  const int64_t ahead = kBlock;
   at::parallel_for(0, g.N * blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / blocks;
