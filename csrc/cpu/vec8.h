@@ -150,6 +150,21 @@ inline void load2_pair(const T* p, f32x8& even, f32x8& odd) {
   }
 }
 
+// Sixteen bfloat16 at p from the even and odd elements load2_pair gave,
+// each rounded as narrow() rounds; `stream` (p 32-byte aligned) stores
+// them non-temporally.
+inline void store_pair(c10::BFloat16* p, f32x8 even, f32x8 odd, bool stream = false) {
+  const auto high_half = [](f32x8 v) {
+    const u32x8 u = bit_cast<u32x8>(v);
+    return (v != v) ? u32x8{} + 0x7FC00000u : (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000u;
+  };
+  const u32x8 bits = (high_half(even) >> 16) | high_half(odd);
+#if defined(__AVX2__)
+  if (stream) return _mm256_stream_si256(reinterpret_cast<__m256i*>(p), bit_cast<__m256i>(bits));
+#endif
+  std::memcpy(p, &bits, sizeof(bits));
+}
+
 // load<2>(p) for a tap whose p[-1] may be read (the previous tap's first
 // element): bfloat16 takes the high halves of one load from p - 1.
 template <typename T>
