@@ -1,5 +1,5 @@
 // Every poolops operator schema, declared once. Kernels live in cpu/ and cuda/;
-// fake (meta) kernels and autograd are registered from Python.
+// fake (meta) kernels are registered from Python, autograd in autograd.cpp (the backward ops' in Python).
 #include <torch/library.h>
 
 #ifdef WITH_CUDA

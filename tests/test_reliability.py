@@ -94,3 +94,73 @@ def test_more_than_2_31_elements(layout):
     plane[0, 0, -1, -1] = 1000
     m, idx = P.global_max_pool2d(plane, return_indices=True)
     assert m.item() == 1000 and idx.item() == H * 2**14 - 1
+
+
+OPS = [
+    ("max_pool2d_with_indices", lambda x: torch.ops.poolops.max_pool2d_with_indices(x, [3, 3], [2, 2], [1, 1], [1, 1],
+                                                                                     False)),
+    ("max_pool2d_with_taps", lambda x: torch.ops.poolops.max_pool2d_with_taps(x, [3, 3], [2, 2], [1, 1], [1, 1],
+                                                                               False)),
+    ("max_pool2d", lambda x: torch.ops.poolops.max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], False)),
+    ("avg_pool2d", lambda x: torch.ops.poolops.avg_pool2d(x, [3, 3], [2, 2], [1, 1], False, False, None, [1, 1])),
+    ("adaptive_avg_pool2d", lambda x: torch.ops.poolops.adaptive_avg_pool2d(x, [3, 2])),
+    ("global_avg_pool2d", lambda x: torch.ops.poolops.global_avg_pool2d(x)),
+    ("adaptive_max_pool2d", lambda x: torch.ops.poolops.adaptive_max_pool2d(x, [3, 2])),
+    ("global_max_pool2d", lambda x: torch.ops.poolops.global_max_pool2d(x)),
+    ("conv2d", lambda x: torch.ops.poolops.conv2d(x, torch.ones(2, 3, 3, 3, dtype=x.dtype), None, [2, 2], [1, 1],
+                                                  [1, 1], 1)),
+]
+
+
+@pytest.mark.parametrize("name,fn", OPS, ids=[n for n, _ in OPS])
+def test_autograd_records_only_when_needed(name, fn):
+    """The forward ops' autograd (C++): no graph without a gradient to take (an input without requires_grad, or
+    no_grad); with one, the argmax outputs take none; a first-order gradient records no graph, create_graph one;
+    and the gradient is torch's (max: the argmax's; the inputs have no ties)."""
+    x = torch.randperm(2 * 3 * 7 * 6, generator=torch.Generator().manual_seed(0)).double().view(2, 3, 7, 6)
+
+    def first(out):
+        return out[0] if isinstance(out, tuple) else out
+
+    assert first(fn(x)).grad_fn is None
+    xr = x.clone().requires_grad_()
+    with torch.no_grad():
+        assert first(fn(xr)).grad_fn is None
+    out = fn(xr)
+    y = first(out)
+    assert y.grad_fn is not None and y.requires_grad
+    if isinstance(out, tuple):
+        assert not out[1].requires_grad and out[1].grad_fn is None
+    g = torch.randn(y.shape, dtype=y.dtype, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    (gx,) = torch.autograd.grad(y, xr, g, retain_graph=True)
+    assert gx.grad_fn is None and not gx.requires_grad
+    (gx2,) = torch.autograd.grad(y, xr, g, create_graph=True)
+    assert gx2.grad_fn is not None
+    torch.testing.assert_close(gx2.detach(), gx)
+    g = g.detach()
+    xt = x.clone().requires_grad_()
+    torch_fns = {"max_pool2d_with_indices": lambda t: F.max_pool2d(t, 3, 2, 1),
+                 "max_pool2d_with_taps": lambda t: F.max_pool2d(t, 3, 2, 1),
+                 "max_pool2d": lambda t: F.max_pool2d(t, 3, 2, 1),
+                 "avg_pool2d": lambda t: F.avg_pool2d(t, 3, 2, 1, count_include_pad=False),
+                 "adaptive_avg_pool2d": lambda t: F.adaptive_avg_pool2d(t, (3, 2)),
+                 "global_avg_pool2d": lambda t: F.adaptive_avg_pool2d(t, 1),
+                 "adaptive_max_pool2d": lambda t: F.adaptive_max_pool2d(t, (3, 2)),
+                 "global_max_pool2d": lambda t: F.adaptive_max_pool2d(t, 1),
+                 "conv2d": lambda t: F.conv2d(t, torch.ones(2, 3, 3, 3, dtype=t.dtype), None, 2, 1)}
+    (want,) = torch.autograd.grad(torch_fns[name](xt), xt, g)
+    torch.testing.assert_close(gx, want)
+
+
+def test_conv2d_autograd_takes_only_the_gradients_asked_for():
+    """conv2d's backward computes grad_input, grad_weight and grad_bias only for the inputs that need them."""
+    x = torch.randn(2, 3, 6, 5, dtype=torch.double)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.double, requires_grad=True)
+    b = torch.randn(4, dtype=torch.double)
+    y = P.conv2d(x, w, b, 1, 1)
+    (gw,) = torch.autograd.grad(y.sum(), w)
+    torch.testing.assert_close(gw, torch.nn.grad.conv2d_weight(x, w.shape, torch.ones_like(y), 1, 1))
+    b.requires_grad_()
+    y = P.conv2d(x, w.detach(), b, 1, 1)
+    (gb,) = torch.autograd.grad(y.sum(), b)
+    torch.testing.assert_close(gb, torch.full_like(b, 2 * 6 * 5.0))

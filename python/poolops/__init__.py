@@ -22,7 +22,7 @@ def _check_cpu() -> None:
 _check_cpu()
 
 from . import _C  # noqa: F401  (loads the library: runs the operator registrations)
-from . import _meta, _autograd  # noqa: F401  (fake kernels and autograd, in that order)
+from . import _meta, _autograd  # noqa: F401  (fake kernels, and the backward ops' autograd)
 from . import functional, nn  # noqa: F401
 
 __version__ = "0.1.0"
