@@ -34,8 +34,8 @@ using AvgBackwardSig = Tensor(const Tensor&, c10::SymIntArrayRef, IntArrayRef, I
                               std::optional<int64_t>, IntArrayRef);
 using SizeBackwardSig = Tensor(const Tensor&, c10::SymIntArrayRef);
 using ArgmaxBackwardSig = Tensor(const Tensor&, const Tensor&, c10::SymIntArrayRef);
-using ConvSig = Tensor(const Tensor&, const Tensor&, const std::optional<Tensor>&, IntArrayRef, IntArrayRef, IntArrayRef,
-                       int64_t);
+using ConvSig = Tensor(const Tensor&, const Tensor&, const std::optional<Tensor>&, IntArrayRef, IntArrayRef,
+                       IntArrayRef, int64_t);
 using ConvBackwardSig = Tensor(const Tensor&, const Tensor&, c10::SymIntArrayRef, IntArrayRef, IntArrayRef,
                                IntArrayRef, int64_t);
 

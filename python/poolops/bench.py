@@ -359,7 +359,8 @@ def main(argv=None):
 
     meta = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), torch=torch.__version__,
                 poolops=poolops.__version__, python=platform.python_version(), machine=platform.machine(),
-                cpu=_cpu_name(), threads=torch.get_num_threads(),
+                cpu=_cpu_name(), cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                threads=torch.get_num_threads(),
                 gpu=torch.cuda.get_device_name() if "cuda" in devices else None, copy_gbps=copy_gbps,
                 copy_gbps_samples=copy_samples,
                 env={k: os.environ[k] for k in ("THP_MEM_ALLOC_ENABLE", "POOLOPS_HUGEPAGES", "POOLOPS_GEMM")
@@ -369,8 +370,9 @@ def main(argv=None):
     os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
     with open(prefix + ".json", "w") as f:
         json.dump(dict(meta=meta, results=rows, sweep=sweep_rows), f, indent=1)
-    header = (f"poolops {poolops.__version__} vs torch {torch.__version__}, {meta['date']}; {meta['cpu']}, "
-              f"{meta['threads']} CPU threads" + (f"; {meta['gpu']}" if meta["gpu"] else "") + "; copy bandwidth "
+    header = (f"poolops {poolops.__version__} vs torch {torch.__version__}, {meta['date']}; {meta['cpu']} "
+              f"({meta['cpu_capability']}), {meta['threads']} CPU threads"
+              + (f"; {meta['gpu']}" if meta["gpu"] else "") + "; copy bandwidth "
               + ", ".join(f"{d} {g:.1f} GB/s (median of {', '.join(f'{v:.1f}' for v in copy_samples[d])})"
                           for d, g in copy_gbps.items())
               + "".join(f"; {k}={v}" for k, v in meta["env"].items()))
