@@ -150,21 +150,6 @@ inline void load2_pair(const T* p, f32x8& even, f32x8& odd) {
   }
 }
 
-// Sixteen bfloat16 at p from the even and odd elements load2_pair gave,
-// each rounded as narrow() rounds; `stream` (p 32-byte aligned) stores
-// them non-temporally.
-inline void store_pair(c10::BFloat16* p, f32x8 even, f32x8 odd, bool stream = false) {
-  const auto high_half = [](f32x8 v) {
-    const u32x8 u = bit_cast<u32x8>(v);
-    return (v != v) ? u32x8{} + 0x7FC00000u : (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000u;
-  };
-  const u32x8 bits = (high_half(even) >> 16) | high_half(odd);
-#if defined(__AVX2__)
-  if (stream) return _mm256_stream_si256(reinterpret_cast<__m256i*>(p), bit_cast<__m256i>(bits));
-#endif
-  std::memcpy(p, &bits, sizeof(bits));
-}
-
 // load<2>(p) for a tap whose p[-1] may be read (the previous tap's first
 // element): bfloat16 takes the high halves of one load from p - 1.
 template <typename T>
@@ -225,6 +210,13 @@ inline void transpose8(f32x8 (&r)[8]) {
   }
 }
 
+// Eight floats rounded to bfloat16 as static_cast<c10::BFloat16>(float)
+// does (to nearest even, NaN to c10's quiet NaN): the bits in each high half.
+inline u32x8 bf16_high_halves(f32x8 v) {
+  const u32x8 u = bit_cast<u32x8>(v);
+  return (v != v) ? u32x8{} + 0x7FC00000u : (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000u;
+}
+
 // Eight floats as T's bits (f32x8 or u16x8), rounding to nearest even (NaN to
 // c10's quiet NaN for bfloat16), as static_cast<T>(float) does.
 template <typename T>
@@ -232,10 +224,7 @@ inline auto narrow(f32x8 v) {
   if constexpr (std::is_same_v<T, float>) {
     return v;
   } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    const u32x8 u = bit_cast<u32x8>(v);
-    const u32x8 rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16;
-    const u32x8 out = (v != v) ? u32x8{} + 0x7FC0 : rounded;
-    return __builtin_convertvector(out, u16x8);
+    return __builtin_convertvector(bf16_high_halves(v) >> 16, u16x8);
   } else {
     static_assert(std::is_same_v<T, c10::Half>);
 #if defined(__F16C__)
@@ -246,6 +235,17 @@ inline auto narrow(f32x8 v) {
     return h;
 #endif
   }
+}
+
+// Sixteen bfloat16 at p from the even and odd elements load2_pair gave,
+// each rounded as narrow() rounds; `stream` (p 32-byte aligned) stores
+// them non-temporally.
+inline void store_pair(c10::BFloat16* p, f32x8 even, f32x8 odd, bool stream = false) {
+  const u32x8 bits = (bf16_high_halves(even) >> 16) | bf16_high_halves(odd);
+#if defined(__AVX2__)
+  if (stream) return _mm256_stream_si256(reinterpret_cast<__m256i*>(p), bit_cast<__m256i>(bits));
+#endif
+  std::memcpy(p, &bits, sizeof(bits));
 }
 
 template <typename T>
