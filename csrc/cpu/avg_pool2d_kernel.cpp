@@ -162,6 +162,7 @@ void forward_nchw(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.OW * g.kh * g.kw));
   at::parallel_for(0, g.N * g.C * g.OH, grain, [&](int64_t begin, int64_t end) {
     auto phase = phase_rows<acc_t>(g, phased);
+    const int64_t ahead = rows_ahead(g, sizeof(scalar_t));
     nchw_output_rows(x, begin, end, g, [&](const scalar_t* plane, int64_t oh, int64_t r) {
       scalar_t* yrow = y + r * g.OW;
       const Range rh = tab.rows[oh];
@@ -177,16 +178,16 @@ void forward_nchw(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
         if constexpr (kVec) {
           if (wide && g.sw == 2 && pairs) {
             const scalar_t* src = plane + rh.begin * g.W;
-            prefetch_rows_ahead(src, g);
+            prefetch_rows_ahead(src, g, ahead);
             src += inner.begin * 2 - g.pw;
             const int64_t o = inner.begin;
-            blocks16_by_two(inner.end - inner.begin, [&]<int kB>(int64_t c0, Step<kB>) {
+            blocks_by<16, 2>(inner.end - inner.begin, [&]<int kB>(int64_t c0, Step<kB>) {
               sum_blocks_pairs16<kB>(src, g.dh * g.W, rows, g.kw, c0, d + o, inv + o, by_mul, yrow + o);
             });
             return;
           }
           if (wide) {
-            row_blocks<16>(plane + rh.begin * g.W, rows, g, inner, phased, phase,
+            row_blocks<16>(plane + rh.begin * g.W, rows, g, inner, phased, phase, ahead,
                            [&]<int kStep>(int64_t c0, const auto& at, Step<kStep>, int64_t step) {
               sum_row_vec16<kStep>(at, step, pairs, rows, g.kw, d + c0, inv + c0, by_mul, yrow + c0);
             });
@@ -194,7 +195,7 @@ void forward_nchw(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
           }
         }
 #endif
-        row_blocks<kV>(plane + rh.begin * g.W, rows, g, inner, phased, phase,
+        row_blocks<kV>(plane + rh.begin * g.W, rows, g, inner, phased, phase, ahead,
                        [&]<int kStep>(int64_t c0, const auto& at, Step<kStep>, int64_t step) {
           if constexpr (kVec) {
             sum_row_vec8<kStep>(at, step, pairs, rows, g.kw, d + c0, inv + c0, by_mul, yrow + c0);

@@ -270,11 +270,14 @@ inline void for_each_tap(const At& at, int64_t r, int64_t kw, int64_t step, bool
 
 // Output rows read an NCHW plane in order, sh rows each: prefetch the rows
 // about 4 KiB on from src (rows wider than ~120 floats otherwise ran at a
-// third of the bandwidth, the hardware prefetcher falling behind).
+// third of the bandwidth, the hardware prefetcher falling behind). `ahead`
+// is rows_ahead's, computed once: its division, done for every row, took an
+// eighth of VGG's 28x28 max pool.
+inline int64_t rows_ahead(const Pool2dGeom& g, int64_t elem_size) { return prefetch_ahead(g.sh * g.W, elem_size); }
+
 template <typename scalar_t>
-inline void prefetch_rows_ahead(const scalar_t* src, const Pool2dGeom& g) {
-  const int64_t stream = g.sh * g.W;
-  prefetch_block<0>(src + prefetch_ahead(stream, sizeof(scalar_t)), stream * int64_t(sizeof(scalar_t)));
+inline void prefetch_rows_ahead(const scalar_t* src, const Pool2dGeom& g, int64_t ahead) {
+  prefetch_block<0>(src + ahead, g.sh * g.W * int64_t(sizeof(scalar_t)));
 }
 
 #if defined(__x86_64__)
@@ -302,19 +305,24 @@ __attribute__((target("avx512f"))) inline void for_each_pair_tap16(const T* row,
 }
 #endif
 
-// Blocks of sixteen outputs over [0, n), n >= 16, two at a time for the
-// instruction-level parallelism: block(c0, Step<kB>{}) computes the kB blocks
-// from c0 on, the last ones overlapping those before.
-template <typename Block>
-inline void blocks16_by_two(int64_t n, const Block& block) {
+// Blocks of kV outputs over [0, n), n >= kV, up to kB at a time for the
+// instruction-level parallelism: block(c0, Step<k>{}) computes the k blocks
+// from c0 on; the last run ends at n, overlapping the blocks before it.
+template <int kV, int kB, typename Block>
+inline void blocks_by(int64_t n, const Block& block) {
+  const auto run = [&]<int k>(auto& self, int64_t c0, int m, Step<k>) -> void {
+    if constexpr (k > 0) {
+      if (m == k) return block(c0, Step<k>{});
+      self(self, c0, m, Step<k - 1>{});
+    }
+  };
   int64_t c0 = 0;
-  for (; c0 + 32 <= n; c0 += 32) block(c0, Step<2>{});
-  if (n - c0 > 16 && n >= 32) {
-    block(n - 32, Step<2>{});
-  } else if (c0 < n) {
-    if (n - c0 > 16) block(c0, Step<1>{});
-    block(n - 16, Step<1>{});
-  }
+  for (; c0 + kB * kV <= n; c0 += kB * kV) block(c0, Step<kB>{});
+  if (c0 == n) return;
+  const int m = static_cast<int>((n - c0 + kV - 1) / kV);
+  if (m * kV <= n) return run(run, n - m * kV, m, Step<kB>{});
+  run(run, 0, m - 1, Step<kB>{});  // n < m * kV: fewer than kB * kV outputs in all
+  block(n - kV, Step<1>{});
 }
 
 // The inner outputs of one NCHW output row in blocks of kV (the last one
@@ -326,12 +334,11 @@ inline void blocks16_by_two(int64_t n, const Block& block) {
 // window row, so that every tap reads unit-stride acc_t.
 template <int kV, typename acc_t, typename scalar_t, typename Block>
 inline void row_blocks(const scalar_t* src, int64_t rows, const Pool2dGeom& g, Range inner, bool phased,
-                       std::vector<PhaseRow<acc_t>>& phase, const Block& block) {
+                       std::vector<PhaseRow<acc_t>>& phase, int64_t ahead, const Block& block) {
   const int64_t rs = g.dh * g.W;
   // prefetch_rows_ahead written out: called here, the float32 'same' max pool
   // ran 1.1x to 1.5x slower as GCC 12 compiled it (measured, unexplained).
-  const int64_t stream = g.sh * g.W;
-  prefetch_block<0>(src + prefetch_ahead(stream, sizeof(scalar_t)), stream * int64_t(sizeof(scalar_t)));
+  prefetch_block<0>(src + ahead, g.sh * g.W * int64_t(sizeof(scalar_t)));
   for (int64_t b0 = inner.begin; b0 < inner.end; b0 += kLanes) {
     // A chunk of up to kLanes outputs (the PhaseRow capacity); a short last one reaches back.
     const int64_t b1 = std::min(inner.end, b0 + kLanes);
@@ -985,6 +992,60 @@ __attribute__((target("avx512f"))) void nhwc_window_max16(const T* xn, int64_t W
 }
 #endif
 
+// nhwc_window_max16 in eight-float registers, for CPUs without AVX-512: kB
+// channels, 32 at a time (with kIdx, twelve of the sixteen AVX2 registers).
+// The compiler's own loop widened bfloat16 lane by lane (the stem's NHWC
+// bfloat16 forward ran at half the copy bandwidth).
+template <int kB, bool kIdx, typename T, typename out_t, typename Id>
+inline void nhwc_window_max8(const T* xn, int64_t W, int64_t C, Range rh, Range rw, int64_t dh, int64_t dw, T* y,
+                             out_t* idx, const Id& id, int64_t ahead) {
+  using namespace vec8;
+  constexpr int kV = std::min(kB, 32) / 8;
+  static_assert(kB % (8 * kV) == 0);
+  const int32_t first = id(rh.begin, rw.begin, 0, 0);
+  for (int64_t c = 0; c < kB; c += 8 * kV) {
+    const T* x0 = xn + (rh.begin * W + rw.begin) * C + c;
+    f32x8 best[kV], sum[kV];
+    i32x8 arg[kV];
+    const auto scan = [&](const auto& take) {
+      for (int v = 0; v < kV; ++v) {
+        best[v] = sum[v] = load<1>(x0 + 8 * v, 1);
+        arg[v] = broadcast(first);
+      }
+      for (int64_t h = rh.begin, th = 0; h < rh.end; h += dh, ++th) {
+        for (int64_t w = rw.begin, tw = 0; w < rw.end; w += dw, ++tw) {
+          if (th == 0 && tw == 0) continue;
+          const T* src = xn + (h * W + w) * C + c;
+          if (c == 0) prefetch_block<kB * sizeof(T)>(src + ahead);
+          const i32x8 pos = broadcast(kIdx ? id(h, w, th, tw) : 0);
+          for (int v = 0; v < kV; ++v) take(v, load<1>(src + 8 * v, 1), pos);
+        }
+      }
+    };
+    if (c == 0) prefetch_block<kB * sizeof(T)>(x0 + ahead);
+    // As nhwc_window_max16: one vmaxps a tap and a sum beside it; a NaN sum has
+    // the window scanned again, the last NaN winning.
+    scan([&](int v, f32x8 x, i32x8 pos) {
+      if (kIdx) arg[v] = x > best[v] ? pos : arg[v];
+      best[v] = x > best[v] ? x : best[v];
+      sum[v] += x;
+    });
+    f32x8 all = sum[0];
+    for (int v = 1; v < kV; ++v) all += sum[v];
+    if (any_nan(all)) {
+      scan([&](int v, f32x8 x, i32x8 pos) {
+        const i32x8 take = takes(x, best[v]);
+        best[v] = take ? x : best[v];
+        if (kIdx) arg[v] = take ? pos : arg[v];
+      });
+    }
+    for (int v = 0; v < kV; ++v) {
+      store(y + c + 8 * v, best[v]);
+      if (kIdx) store_index(idx + c + 8 * v, arg[v]);
+    }
+  }
+}
+
 // Max over the window rh x rw of one NHWC image for m channels, each scanned in
 // row-major tap order. kB > 0 fixes m = kB so the running maxima stay in vector
 // registers across the taps (each tap prefetching its block `ahead` elements
@@ -996,47 +1057,12 @@ inline void nhwc_window_max_block(const scalar_t* xn, int64_t W, int64_t C, Rang
   constexpr int64_t kCap = kB > 0 ? kB : kLanes;
   if (kB > 0) m = kB;
   const index_t first = static_cast<index_t>(rh.begin * W + rw.begin);
+  if constexpr (kB > 0 && vec8::kSupported<scalar_t> && sizeof(index_t) == 4) {
+    const auto id = [W](int64_t h, int64_t w, int64_t, int64_t) { return int32_t(h * W + w); };
 #if defined(__x86_64__)
-  if constexpr (kB > 0 && vec8::kSupported<scalar_t> && sizeof(index_t) == 4) {
-    if (avx512_enabled()) {
-      return nhwc_window_max16<kB, true>(xn, W, C, rh, rw, 1, 1, y, idx,
-                                         [W](int64_t h, int64_t w, int64_t, int64_t) { return int32_t(h * W + w); },
-                                         ahead);
-    }
-  }
+    if (avx512_enabled()) return nhwc_window_max16<kB, true>(xn, W, C, rh, rw, 1, 1, y, idx, id, ahead);
 #endif
-  if constexpr (kB > 0 && vec8::kSupported<scalar_t> && sizeof(index_t) == 4) {
-    // In eight-float registers, 32 channels at a time (all 16 AVX2 registers
-    // at 64); the first tap starts the scan. The compiler's own loop widened
-    // bfloat16 lane by lane.
-    constexpr int kV = 4;
-    for (int64_t c = 0; c < kB; c += 8 * kV) {
-      const scalar_t* x0 = xn + first * C + c;
-      vec8::f32x8 best[kV];
-      vec8::i32x8 arg[kV];
-      for (int v = 0; v < kV; ++v) {
-        best[v] = vec8::load<1>(x0 + 8 * v, 1);
-        arg[v] = vec8::broadcast(static_cast<int32_t>(first));
-      }
-      for (int64_t h = rh.begin; h < rh.end; ++h) {
-        for (int64_t w = h == rh.begin ? rw.begin + 1 : rw.begin; w < rw.end; ++w) {
-          const vec8::i32x8 pos = vec8::broadcast(static_cast<int32_t>(h * W + w));
-          const scalar_t* src = xn + (h * W + w) * C + c;
-          if (c == 0) prefetch_block<kB * sizeof(scalar_t)>(src - c + ahead);
-          for (int v = 0; v < kV; ++v) {
-            const vec8::f32x8 x = vec8::load<1>(src + 8 * v, 1);
-            const vec8::i32x8 take = vec8::takes(x, best[v]);
-            best[v] = take ? x : best[v];
-            arg[v] = take ? pos : arg[v];
-          }
-        }
-      }
-      for (int v = 0; v < kV; ++v) {
-        vec8::store(y + c + 8 * v, best[v]);
-        vec8::store_index(idx + c + 8 * v, arg[v]);
-      }
-    }
-    return;
+    return nhwc_window_max8<kB, true>(xn, W, C, rh, rw, 1, 1, y, idx, id, ahead);
   }
   acc_t best[kCap];
   index_t arg[kCap];

@@ -85,6 +85,81 @@ inline void max_row_vec8(const At& at, int64_t step, bool pairs, int64_t rows, i
   if (kIdx) store_index(idx, arg);
 }
 
+// kB blocks of eight consecutive outputs of one NCHW row at stride kStep (1,
+// or 2 with taps in pairs where `pairs`): src points at tap 0 of window row 0
+// of the first output; window rows lie rs apart, taps dw. Argmaxes as
+// max_row_vec8's, `first` being the first output's. One vmaxps a tap (ties
+// keep the first), a tap taken where it compares greater, and the sum of the
+// taps beside them, kB blocks at a time: a block whose sum is NaN holds a NaN
+// (or infinities of both signs) and is done again by max_row_vec8, where the
+// last NaN wins. (max_row_vec8 alone, a block at a time with a second blend a
+// tap for the NaN: the stem's NCHW forward took 1.5x as long on AVX2.)
+template <int kB, int kStep, bool kIdx, bool kTaps, typename scalar_t, typename out_t>
+__attribute__((always_inline)) inline void max_blocks8(const scalar_t* src, int64_t rs, int64_t rows, int64_t kw,
+                                                      int64_t dw, bool pairs, int32_t first, int32_t row_step,
+                                                      int32_t tap_step, scalar_t* y, out_t* idx) {
+  using namespace vec8;
+  constexpr int64_t kSpan = 8 * kStep;  // input elements from one block to the next
+  const bool paired = kStep == 2 && pairs;
+  // Each lane's output offset from its block's first, in the lane order of the loads.
+  const i32x8 order = paired ? bit_cast<i32x8>(from_pair_order<scalar_t>(bit_cast<f32x8>(iota()))) : iota();
+  const i32x8 lane = kTaps ? i32x8{} : order * kStep;
+  f32x8 best[kB], sum[kB];
+  i32x8 base[kB], arg[kB];
+  for (int b = 0; b < kB; ++b) {
+    best[b] = broadcast(lowest_value<float>());
+    sum[b] = broadcast(0.0f);
+    base[b] = arg[b] = broadcast(kTaps ? first : first + static_cast<int32_t>(kSpan * b)) + lane;
+  }
+  const auto take = [&](int b, f32x8 v, int32_t tap) {
+    if (kIdx) arg[b] = v > best[b] ? base[b] + tap : arg[b];
+    best[b] = v > best[b] ? v : best[b];
+    sum[b] += v;
+  };
+  for (int64_t r = 0; r < rows; ++r) {
+    const scalar_t* row = src + r * rs;
+    const int32_t tap0 = static_cast<int32_t>(r) * row_step;
+    if (paired) {
+      int64_t t = 0;
+      for (; t + 1 < kw; t += 2) {
+        const int32_t tap = tap0 + static_cast<int32_t>(t) * tap_step;
+        for (int b = 0; b < kB; ++b) {
+          f32x8 even, odd;
+          pair_taps(row + kSpan * b + t, even, odd);
+          take(b, even, tap);
+          take(b, odd, tap + tap_step);
+        }
+      }
+      if (t < kw) {
+        for (int b = 0; b < kB; ++b) take(b, pair_tap(row + kSpan * b + t), tap0 + static_cast<int32_t>(t) * tap_step);
+      }
+    } else {
+      for (int64_t t = 0; t < kw; ++t) {
+        for (int b = 0; b < kB; ++b) {
+          take(b, load<kStep>(row + kSpan * b + t * dw, kStep), tap0 + static_cast<int32_t>(t) * tap_step);
+        }
+      }
+    }
+  }
+  f32x8 all = sum[0];
+  for (int b = 1; b < kB; ++b) all += sum[b];
+  for (int b = 0; b < kB; ++b) {
+    out_t* ib = kIdx ? idx + 8 * b : nullptr;
+    if (any_nan(all) && any_nan(sum[b])) {
+      const scalar_t* at0 = src + kSpan * b;
+      const auto at = [at0, rs, dw](int64_t i, int64_t t) { return at0 + i * rs + t * dw; };
+      const int32_t fb = kTaps ? first : first + static_cast<int32_t>(kSpan * b);
+      max_row_vec8<kStep, kIdx, kTaps>(at, kStep, pairs, rows, kw, fb, row_step, tap_step, kStep, y + 8 * b, ib);
+    } else if (paired) {
+      store(y + 8 * b, from_pair_order<scalar_t>(best[b]));
+      if (kIdx) store_index(ib, bit_cast<i32x8>(from_pair_order<scalar_t>(bit_cast<f32x8>(arg[b]))));
+    } else {
+      store(y + 8 * b, best[b]);
+      if (kIdx) store_index(ib, arg[b]);
+    }
+  }
+}
+
 #if defined(__x86_64__)
 // max_row_vec8 for sixteen outputs in one AVX-512 register (chosen at run
 // time): the same operations lane by lane.
@@ -262,6 +337,7 @@ void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
   const index_t out_step = static_cast<index_t>(g.sw);
   at::parallel_for(0, g.N * g.C * g.OH, grain, [&](int64_t begin, int64_t end) {
     auto phase = phase_rows<acc_t>(g, phased);
+    const int64_t ahead = rows_ahead(g, sizeof(scalar_t));
     nchw_output_rows(x, begin, end, g, [&](const scalar_t* plane, int64_t oh, int64_t r) {
       const Range rh = rows[oh];
       scalar_t* yrow = y + r * g.OW;
@@ -275,11 +351,11 @@ void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
           if (pairs16 && (kIdx || sizeof(scalar_t) == 2 || !wide)) {  // float32 values of wide rows: no faster
             const scalar_t* src = plane + rh.begin * g.W;
             const int64_t o = inner.begin, n = inner.end - inner.begin, rs = g.dh * g.W;
-            prefetch_rows_ahead(src, g);
+            prefetch_rows_ahead(src, g, ahead);
             src += o * 2 - g.pw;
             const int32_t first = static_cast<int32_t>(kTaps ? th0 * g.kw : rh.begin * g.W + o * 2 - g.pw);
             if (n >= 16) {
-              blocks16_by_two(n, [&]<int kB>(int64_t c0, Step<kB>) {
+              blocks_by<16, 2>(n, [&]<int kB>(int64_t c0, Step<kB>) {
                 max_blocks_pairs16<kB, kIdx, kTaps>(src, rs, nrows, g.kw, c0, first, row_step, yrow + o,
                                                     kIdx ? irow + o : nullptr);
               });
@@ -297,7 +373,7 @@ void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
             }
           }
           if (wide) {
-            row_blocks<16>(plane + rh.begin * g.W, nrows, g, inner, phased, phase,
+            row_blocks<16>(plane + rh.begin * g.W, nrows, g, inner, phased, phase, ahead,
                            [&]<int kStep>(int64_t c0, const auto& at, Step<kStep>, int64_t step) {
               const int32_t first = static_cast<int32_t>(kTaps ? th0 * g.kw : rh.begin * g.W + c0 * g.sw - g.pw);
               max_row_vec16<kStep, kIdx, kTaps>(at, step, pairs, nrows, g.kw, first, row_step, tap_step, out_step,
@@ -307,7 +383,25 @@ void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
           }
         }
 #endif
-        row_blocks<kV>(plane + rh.begin * g.W, nrows, g, inner, phased, phase,
+        if constexpr (kVec) {
+          if (g.sw <= 2) {  // stride 1 or 2: max_blocks8, four blocks at a time
+            const scalar_t* src = plane + rh.begin * g.W;
+            prefetch_rows_ahead(src, g, ahead);
+            src += inner.begin * g.sw - g.pw;
+            const int32_t first = static_cast<int32_t>(kTaps ? th0 * g.kw : rh.begin * g.W + inner.begin * g.sw - g.pw);
+            const auto blocks = [&]<int kB>(int64_t c0, Step<kB>) {
+              const int64_t o = inner.begin + c0;
+              out_t* io = kIdx ? irow + o : nullptr;
+              const int32_t f = kTaps ? first : first + static_cast<int32_t>(c0 * g.sw);
+              g.sw == 1 ? max_blocks8<kB, 1, kIdx, kTaps>(src + c0, g.dh * g.W, nrows, g.kw, g.dw, pairs, f, row_step,
+                                                         tap_step, yrow + o, io)
+                        : max_blocks8<kB, 2, kIdx, kTaps>(src + 2 * c0, g.dh * g.W, nrows, g.kw, g.dw, pairs, f,
+                                                         row_step, tap_step, yrow + o, io);
+            };
+            return blocks_by<8, 4>(inner.end - inner.begin, blocks);
+          }
+        }
+        row_blocks<kV>(plane + rh.begin * g.W, nrows, g, inner, phased, phase, ahead,
                        [&]<int kStep>(int64_t c0, const auto& at, Step<kStep>, int64_t step) {
           const index_t first = static_cast<index_t>(kTaps ? th0 * g.kw : rh.begin * g.W + c0 * g.sw - g.pw);
           out_t* ib = kIdx ? irow + c0 : nullptr;
@@ -364,16 +458,17 @@ inline void nhwc_block(const scalar_t* xn, scalar_t* y, out_t* idx, const Pool2d
   // always replaces -inf unless it is -inf itself): a constant fill of the
   // block can turn into a slow memset instead of staying in registers.
   const bool empty = rh.empty() || rw.empty();
-#if defined(__x86_64__)
   if constexpr (kB > 0 && vec8::kSupported<scalar_t> && sizeof(index_t) == 4) {
-    if (!empty && avx512_enabled()) {
+    if (!empty) {
       const auto id = [&](int64_t h, int64_t w, int64_t th, int64_t tw) {
         return int32_t(kTaps ? (th0 + th) * g.kw + tw0 + tw : h * g.W + w);
       };
-      return nhwc_window_max16<kB, kIdx>(xn, g.W, g.C, rh, rw, g.dh, g.dw, y, idx, id, ahead);
+#if defined(__x86_64__)
+      if (avx512_enabled()) return nhwc_window_max16<kB, kIdx>(xn, g.W, g.C, rh, rw, g.dh, g.dw, y, idx, id, ahead);
+#endif
+      return nhwc_window_max8<kB, kIdx>(xn, g.W, g.C, rh, rw, g.dh, g.dw, y, idx, id, ahead);
     }
   }
-#endif
   const scalar_t* src0 = xn + (rh.begin * g.W + rw.begin) * g.C;
   if (kB > 0) prefetch_block<kB * sizeof(scalar_t)>(src0 + ahead);
   for (int64_t j = 0; j < m; ++j) {

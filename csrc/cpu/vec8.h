@@ -161,6 +161,49 @@ inline f32x8 load2_after(const T* p) {
   }
 }
 
+// Stride-2 taps in "pair order" for the values-only max sweeps: a float
+// block's eight outputs lie in lanes 0 1 4 5 2 3 6 7, one in-lane vshufps a
+// tap where load2_pair's natural order takes lane-crossing permutes;
+// from_pair_order puts them back. Other types keep the natural order.
+template <typename T>
+inline void pair_taps(const T* p, f32x8& even, f32x8& odd) {
+  if constexpr (std::is_same_v<T, float>) {
+    const f32x8 a = load_raw<f32x8>(p), b = load_raw<f32x8>(p + 8);
+    even = __builtin_shufflevector(a, b, 0, 2, 8, 10, 4, 6, 12, 14);
+    odd = __builtin_shufflevector(a, b, 1, 3, 9, 11, 5, 7, 13, 15);
+  } else {
+    load2_pair(p, even, odd);
+  }
+}
+
+// One tap p[0], p[2], ..., p[14] in pair order, reading p[-1..14].
+template <typename T>
+inline f32x8 pair_tap(const T* p) {
+  if constexpr (std::is_same_v<T, float>) {
+    const f32x8 a = load_raw<f32x8>(p), b = load_raw<f32x8>(p + 7);
+    return __builtin_shufflevector(a, b, 0, 2, 9, 11, 4, 6, 13, 15);
+  } else {
+    return load2_after(p);
+  }
+}
+
+template <typename T>
+inline f32x8 from_pair_order(f32x8 v) {
+  if constexpr (std::is_same_v<T, float>) return __builtin_shufflevector(v, v, 0, 1, 4, 5, 2, 3, 6, 7);
+  return v;
+}
+
+inline bool any_nan(f32x8 v) {
+#if defined(__AVX2__)
+  return _mm256_movemask_ps(_mm256_cmp_ps(bit_cast<__m256>(v), bit_cast<__m256>(v), _CMP_UNORD_Q)) != 0;
+#else
+  for (int i = 0; i < 8; ++i) {
+    if (v[i] != v[i]) return true;
+  }
+  return false;
+#endif
+}
+
 // Sixteen bfloat16 gradients g as static_cast<BFloat16>(0.0f + float(g)), on
 // the bits: -0 becomes +0 and a NaN c10's quiet NaN; other values pass.
 inline u16x16 bf16_plus_zero(u16x16 b) {
