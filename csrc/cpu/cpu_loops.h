@@ -268,6 +268,38 @@ inline void for_each_tap(const At& at, int64_t r, int64_t kw, int64_t step, bool
   for (int64_t t = 0; t < kw; ++t) f(t, vec8::load<kStep>(at(r, t), step));
 }
 
+// f(b, v, r, t) for every tap (r, t), in row-major order, of kB blocks of
+// eight consecutive outputs of one NCHW row at stride kStep (1, or 2 with
+// taps in pairs where `pairs`, float taps in pair order: see pair_taps), v
+// holding block b's inputs of the tap: src points at tap 0 of window row 0 of
+// the first output; window rows lie rs apart, taps dw.
+template <int kB, int kStep, typename T, typename F>
+__attribute__((always_inline)) inline void for_each_tap_blocks8(const T* src, int64_t rs, int64_t rows, int64_t kw,
+                                                               int64_t dw, bool pairs, const F& f) {
+  constexpr int64_t kSpan = 8 * kStep;  // input elements from one block to the next
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* row = src + r * rs;
+    if (kStep == 2 && pairs) {
+      int64_t t = 0;
+      for (; t + 1 < kw; t += 2) {
+        for (int b = 0; b < kB; ++b) {
+          vec8::f32x8 even, odd;
+          vec8::pair_taps(row + kSpan * b + t, even, odd);
+          f(b, even, r, t);
+          f(b, odd, r, t + 1);
+        }
+      }
+      if (t < kw) {
+        for (int b = 0; b < kB; ++b) f(b, vec8::pair_tap(row + kSpan * b + t), r, t);
+      }
+    } else {
+      for (int64_t t = 0; t < kw; ++t) {
+        for (int b = 0; b < kB; ++b) f(b, vec8::load<kStep>(row + kSpan * b + t * dw, kStep), r, t);
+      }
+    }
+  }
+}
+
 // Output rows read an NCHW plane in order, sh rows each: prefetch the rows
 // about 4 KiB on from src (rows wider than ~120 floats otherwise ran at a
 // third of the bandwidth, the hardware prefetcher falling behind). `ahead`

@@ -85,15 +85,14 @@ inline void max_row_vec8(const At& at, int64_t step, bool pairs, int64_t rows, i
   if (kIdx) store_index(idx, arg);
 }
 
-// kB blocks of eight consecutive outputs of one NCHW row at stride kStep (1,
-// or 2 with taps in pairs where `pairs`): src points at tap 0 of window row 0
-// of the first output; window rows lie rs apart, taps dw. Argmaxes as
-// max_row_vec8's, `first` being the first output's. One vmaxps a tap (ties
-// keep the first), a tap taken where it compares greater, and the sum of the
-// taps beside them, kB blocks at a time: a block whose sum is NaN holds a NaN
-// (or infinities of both signs) and is done again by max_row_vec8, where the
-// last NaN wins. (max_row_vec8 alone, a block at a time with a second blend a
-// tap for the NaN: the stem's NCHW forward took 1.5x as long on AVX2.)
+// kB blocks of eight consecutive outputs of one NCHW row at stride kStep
+// (for_each_tap_blocks8's src, rs, dw and pairs). Argmaxes as max_row_vec8's,
+// `first` being the first output's. One vmaxps a tap (ties keep the first), a
+// tap taken where it compares greater, and the sum of the taps beside them,
+// kB blocks at a time: a block whose sum is NaN holds a NaN (or infinities of
+// both signs) and is done again by max_row_vec8, where the last NaN wins.
+// (max_row_vec8 alone, a block at a time with a second blend a tap for the
+// NaN: the stem's NCHW forward took 1.5x as long on AVX2.)
 template <int kB, int kStep, bool kIdx, bool kTaps, typename scalar_t, typename out_t>
 __attribute__((always_inline)) inline void max_blocks8(const scalar_t* src, int64_t rs, int64_t rows, int64_t kw,
                                                       int64_t dw, bool pairs, int32_t first, int32_t row_step,
@@ -111,36 +110,11 @@ __attribute__((always_inline)) inline void max_blocks8(const scalar_t* src, int6
     sum[b] = broadcast(0.0f);
     base[b] = arg[b] = broadcast(kTaps ? first : first + static_cast<int32_t>(kSpan * b)) + lane;
   }
-  const auto take = [&](int b, f32x8 v, int32_t tap) {
-    if (kIdx) arg[b] = v > best[b] ? base[b] + tap : arg[b];
+  for_each_tap_blocks8<kB, kStep>(src, rs, rows, kw, dw, pairs, [&](int b, f32x8 v, int64_t r, int64_t t) {
+    if (kIdx) arg[b] = v > best[b] ? base[b] + static_cast<int32_t>(r * row_step + t * tap_step) : arg[b];
     best[b] = v > best[b] ? v : best[b];
     sum[b] += v;
-  };
-  for (int64_t r = 0; r < rows; ++r) {
-    const scalar_t* row = src + r * rs;
-    const int32_t tap0 = static_cast<int32_t>(r) * row_step;
-    if (paired) {
-      int64_t t = 0;
-      for (; t + 1 < kw; t += 2) {
-        const int32_t tap = tap0 + static_cast<int32_t>(t) * tap_step;
-        for (int b = 0; b < kB; ++b) {
-          f32x8 even, odd;
-          pair_taps(row + kSpan * b + t, even, odd);
-          take(b, even, tap);
-          take(b, odd, tap + tap_step);
-        }
-      }
-      if (t < kw) {
-        for (int b = 0; b < kB; ++b) take(b, pair_tap(row + kSpan * b + t), tap0 + static_cast<int32_t>(t) * tap_step);
-      }
-    } else {
-      for (int64_t t = 0; t < kw; ++t) {
-        for (int b = 0; b < kB; ++b) {
-          take(b, load<kStep>(row + kSpan * b + t * dw, kStep), tap0 + static_cast<int32_t>(t) * tap_step);
-        }
-      }
-    }
-  }
+  });
   f32x8 all = sum[0];
   for (int b = 1; b < kB; ++b) all += sum[b];
   for (int b = 0; b < kB; ++b) {
