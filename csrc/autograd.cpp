@@ -26,6 +26,7 @@ c10::TypedOperatorHandle<Sig> op(const char* name) {
 }
 
 using MaxSig = std::tuple<Tensor, Tensor>(const Tensor&, IntArrayRef, IntArrayRef, IntArrayRef, IntArrayRef, bool);
+using MaxValuesSig = Tensor(const Tensor&, IntArrayRef, IntArrayRef, IntArrayRef, IntArrayRef, bool);
 using MaxBackwardSig = Tensor(const Tensor&, const Tensor&, c10::SymIntArrayRef, IntArrayRef, IntArrayRef, IntArrayRef,
                               IntArrayRef, bool);
 using AvgSig = Tensor(const Tensor&, IntArrayRef, IntArrayRef, IntArrayRef, bool, bool, std::optional<int64_t>,
@@ -46,6 +47,13 @@ bool records(std::initializer_list<const Tensor*> inputs) {
     if (t->defined() && t->requires_grad()) return true;
   }
   return false;
+}
+
+// The op's kernel below the autograd keys, recording nothing.
+template <typename Sig, typename... Args>
+auto call_below(const c10::TypedOperatorHandle<Sig>& handle, Args&&... args) {
+  at::AutoDispatchBelowADInplaceOrView below;
+  return handle.call(std::forward<Args>(args)...);
 }
 
 // A backward op's result: with create_graph, through the op's own autograd
@@ -82,8 +90,7 @@ Tensor max_backward(AutogradContext* ctx, const Tensor& grad, const Tensor& argm
 struct MaxPoolArgmax : public torch::autograd::Function<MaxPoolArgmax> {
   static variable_list forward(AutogradContext* ctx, const Tensor& x, IntArrayRef k, IntArrayRef s, IntArrayRef p,
                                IntArrayRef d, bool ceil_mode, const c10::TypedOperatorHandle<MaxSig>& handle) {
-    at::AutoDispatchBelowADInplaceOrView below;
-    auto [y, argmax] = handle.call(x, k, s, p, d, ceil_mode);
+    auto [y, argmax] = call_below(handle, x, k, s, p, d, ceil_mode);
     ctx->set_materialize_grads(false);
     ctx->mark_non_differentiable({argmax});
     ctx->save_for_backward({argmax});
@@ -101,8 +108,7 @@ std::tuple<Tensor, Tensor> max_pool2d_argmax(const Tensor& x, IntArrayRef k, Int
                                              IntArrayRef d, bool ceil_mode) {
   static const auto handle = op<MaxSig>(kName);
   if (!records({&x})) {
-    at::AutoDispatchBelowADInplaceOrView below;
-    return handle.call(x, k, s, p, d, ceil_mode);
+    return call_below(handle, x, k, s, p, d, ceil_mode);
   }
   const variable_list out = MaxPoolArgmax::apply(x, k, s, p, d, ceil_mode, handle);
   return {out[0], out[1]};
@@ -115,12 +121,10 @@ constexpr char kWithTaps[] = "poolops::max_pool2d_with_taps";
 struct MaxPoolValues : public torch::autograd::Function<MaxPoolValues> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x, IntArrayRef k, IntArrayRef s, IntArrayRef p,
                         IntArrayRef d, bool ceil_mode) {
-    static const auto handle = op<Tensor(const Tensor&, IntArrayRef, IntArrayRef, IntArrayRef, IntArrayRef, bool)>(
-        "poolops::max_pool2d");
-    at::AutoDispatchBelowADInplaceOrView below;
+    static const auto handle = op<MaxValuesSig>("poolops::max_pool2d");
     ctx->save_for_backward({x});
     save_pool_params(ctx, x, k, s, p, d, ceil_mode);
-    return handle.call(x, k, s, p, d, ceil_mode);
+    return call_below(handle, x, k, s, p, d, ceil_mode);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto indices_of = op<MaxSig>(kWithIndices);
@@ -136,10 +140,8 @@ struct MaxPoolValues : public torch::autograd::Function<MaxPoolValues> {
 
 Tensor max_pool2d(const Tensor& x, IntArrayRef k, IntArrayRef s, IntArrayRef p, IntArrayRef d, bool ceil_mode) {
   if (!records({&x})) {
-    static const auto handle = op<Tensor(const Tensor&, IntArrayRef, IntArrayRef, IntArrayRef, IntArrayRef, bool)>(
-        "poolops::max_pool2d");
-    at::AutoDispatchBelowADInplaceOrView below;
-    return handle.call(x, k, s, p, d, ceil_mode);
+    static const auto handle = op<MaxValuesSig>("poolops::max_pool2d");
+    return call_below(handle, x, k, s, p, d, ceil_mode);
   }
   return MaxPoolValues::apply(x, k, s, p, d, ceil_mode);
 }
@@ -148,11 +150,10 @@ struct AvgPool : public torch::autograd::Function<AvgPool> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x, IntArrayRef k, IntArrayRef s, IntArrayRef p,
                         bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor, IntArrayRef d) {
     static const auto handle = op<AvgSig>("poolops::avg_pool2d");
-    at::AutoDispatchBelowADInplaceOrView below;
     save_pool_params(ctx, x, k, s, p, d, ceil_mode);
     ctx->saved_data["count_include_pad"] = count_include_pad;
     ctx->saved_data["divisor"] = divisor;
-    return handle.call(x, k, s, p, ceil_mode, count_include_pad, divisor, d);
+    return call_below(handle, x, k, s, p, ceil_mode, count_include_pad, divisor, d);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto handle = op<AvgBackwardSig>("poolops::_avg_pool2d_backward");
@@ -170,8 +171,7 @@ Tensor avg_pool2d(const Tensor& x, IntArrayRef k, IntArrayRef s, IntArrayRef p, 
                   bool count_include_pad, std::optional<int64_t> divisor, IntArrayRef d) {
   if (!records({&x})) {
     static const auto handle = op<AvgSig>("poolops::avg_pool2d");
-    at::AutoDispatchBelowADInplaceOrView below;
-    return handle.call(x, k, s, p, ceil_mode, count_include_pad, divisor, d);
+    return call_below(handle, x, k, s, p, ceil_mode, count_include_pad, divisor, d);
   }
   return AvgPool::apply(x, k, s, p, ceil_mode, count_include_pad, divisor, d);
 }
@@ -181,9 +181,8 @@ template <const char* kName, const char* kBackward, typename... Params>
 struct SizePool : public torch::autograd::Function<SizePool<kName, kBackward, Params...>> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x, Params... params) {
     static const auto handle = op<Tensor(const Tensor&, Params...)>(kName);
-    at::AutoDispatchBelowADInplaceOrView below;
     ctx->saved_data["input_size"] = x.sym_sizes();
-    return handle.call(x, params...);
+    return call_below(handle, x, params...);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto handle = op<SizeBackwardSig>(kBackward);
@@ -194,8 +193,7 @@ struct SizePool : public torch::autograd::Function<SizePool<kName, kBackward, Pa
   static Tensor run(const Tensor& x, Params... params) {
     if (!records({&x})) {
       static const auto handle = op<Tensor(const Tensor&, Params...)>(kName);
-      at::AutoDispatchBelowADInplaceOrView below;
-      return handle.call(x, params...);
+      return call_below(handle, x, params...);
     }
     return SizePool::apply(x, params...);
   }
@@ -207,8 +205,7 @@ struct ArgmaxPool : public torch::autograd::Function<ArgmaxPool<kName, kBackward
   using Sig = std::tuple<Tensor, Tensor>(const Tensor&, Params...);
   static variable_list forward(AutogradContext* ctx, const Tensor& x, Params... params) {
     static const auto handle = op<Sig>(kName);
-    at::AutoDispatchBelowADInplaceOrView below;
-    auto [y, argmax] = handle.call(x, params...);
+    auto [y, argmax] = call_below(handle, x, params...);
     ctx->set_materialize_grads(false);
     ctx->mark_non_differentiable({argmax});
     ctx->save_for_backward({argmax});
@@ -227,8 +224,7 @@ struct ArgmaxPool : public torch::autograd::Function<ArgmaxPool<kName, kBackward
   static std::tuple<Tensor, Tensor> run(const Tensor& x, Params... params) {
     if (!records({&x})) {
       static const auto handle = op<Sig>(kName);
-      at::AutoDispatchBelowADInplaceOrView below;
-      return handle.call(x, params...);
+      return call_below(handle, x, params...);
     }
     const variable_list out = ArgmaxPool::apply(x, params...);
     return {out[0], out[1]};
@@ -249,14 +245,13 @@ struct Conv : public torch::autograd::Function<Conv> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias,
                         IntArrayRef s, IntArrayRef p, IntArrayRef d, int64_t groups) {
     static const auto handle = op<ConvSig>("poolops::conv2d");
-    at::AutoDispatchBelowADInplaceOrView below;
     ctx->save_for_backward({x, weight});
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
     ctx->saved_data["s"] = s;
     ctx->saved_data["p"] = p;
     ctx->saved_data["d"] = d;
     ctx->saved_data["groups"] = groups;
-    return handle.call(x, weight, bias, s, p, d, groups);
+    return call_below(handle, x, weight, bias, s, p, d, groups);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto input_grad = op<ConvBackwardSig>("poolops::_conv2d_backward_input");
@@ -278,8 +273,7 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const std::optional<Tensor>
   const Tensor none;
   if (!records({&x, &weight, bias.has_value() ? &*bias : &none})) {
     static const auto handle = op<ConvSig>("poolops::conv2d");
-    at::AutoDispatchBelowADInplaceOrView below;
-    return handle.call(x, weight, bias, s, p, d, groups);
+    return call_below(handle, x, weight, bias, s, p, d, groups);
   }
   return Conv::apply(x, weight, bias, s, p, d, groups);
 }
