@@ -161,10 +161,11 @@ inline f32x8 load2_after(const T* p) {
   }
 }
 
-// Stride-2 taps in "pair order" for the values-only max sweeps: a float
-// block's eight outputs lie in lanes 0 1 4 5 2 3 6 7, one in-lane vshufps a
-// tap where load2_pair's natural order takes lane-crossing permutes;
-// from_pair_order puts them back. Other types keep the natural order.
+// Stride-2 taps in "pair order" for the NCHW max and avg row blocks
+// (for_each_tap_blocks8): a float block's eight outputs lie in lanes
+// 0 1 4 5 2 3 6 7, one in-lane vshufps a tap where load2_pair's natural order
+// takes lane-crossing permutes; from_pair_order puts them back. Other types
+// keep the natural order.
 template <typename T>
 inline void pair_taps(const T* p, f32x8& even, f32x8& odd) {
   if constexpr (std::is_same_v<T, float>) {
