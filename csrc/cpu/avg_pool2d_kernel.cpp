@@ -80,21 +80,24 @@ inline void sum_row_vec8(const At& at, int64_t step, bool pairs, int64_t rows, i
   vec8::store(y, by_mul ? acc * vec8::load<1>(inv, 1) : acc / vec8::load<1>(d, 1));
 }
 
-// sum_row_vec8 for kB blocks of eight consecutive outputs at a time, for the
-// instruction-level parallelism (for_each_tap_blocks8's src, rs, dw and
-// pairs); d and inv are the first output's. (A block at a time, the 3/2/1
+// sum_row_vec8 for kB row blocks (RowBlock8, aux: the first output's offset
+// in d and inv) at a time, for the instruction-level parallelism, window rows
+// rs apart, taps dw (for_each_tap_blocks8). (A block at a time, the 3/2/1
 // NCHW average pool took 1.5x as long on AVX2.)
 template <int kB, int kStep, typename scalar_t>
-__attribute__((always_inline)) inline void sum_blocks8(const scalar_t* src, int64_t rs, int64_t rows, int64_t kw,
-                                                      int64_t dw, bool pairs, const float* d, const float* inv,
-                                                      bool by_mul, scalar_t* y) {
+__attribute__((always_inline)) inline void sum_blocks8(const RowBlock8<scalar_t>* blocks, int64_t rs, int64_t rows,
+                                                      int64_t kw, int64_t dw, bool pairs, const float* d,
+                                                      const float* inv, bool by_mul, scalar_t* y) {
   using namespace vec8;
   f32x8 acc[kB];
+#pragma GCC unroll 4  // no rep stos (see max_blocks8)
   for (int b = 0; b < kB; ++b) acc[b] = broadcast(0.0f);
-  for_each_tap_blocks8<kB, kStep>(src, rs, rows, kw, dw, pairs, [&](int b, f32x8 v, int64_t, int64_t) { acc[b] += v; });
+  for_each_tap_blocks8<kB, kStep>(blocks, rs, rows, kw, dw, pairs,
+                                  [&](int b, f32x8 v, int64_t, int64_t) { acc[b] += v; });
   for (int b = 0; b < kB; ++b) {
     const f32x8 sum = kStep == 2 && pairs ? from_pair_order<scalar_t>(acc[b]) : acc[b];
-    store(y + 8 * b, by_mul ? sum * load<1>(inv + 8 * b, 1) : sum / load<1>(d + 8 * b, 1));
+    const int64_t o = blocks[b].aux;
+    store(y + blocks[b].out, by_mul ? sum * load<1>(inv + o, 1) : sum / load<1>(d + o, 1));
   }
 }
 
@@ -144,8 +147,9 @@ __attribute__((target("avx512f"))) void sum_blocks_pairs16(const scalar_t* src, 
 // summed first, kV at a time (row_blocks), each in row-major tap order and
 // then divided, as the shared scalar path then does for the border outputs
 // and for rows with fewer than kV inner outputs. Float, half and bfloat16 take
-// eight-float blocks (for strides above 2 their rows are phased), sixteen with
-// AVX-512, at stride 2 with taps in pairs two blocks at a time
+// eight-float blocks (at stride 1 or 2 queued across rows, sum_blocks8; above
+// 2 their rows are phased), sixteen with AVX-512, at stride 2 with taps in
+// pairs two blocks at a time
 // (sum_blocks_pairs16), and planes whose rows are too short for a block go
 // eight planes at a time (plane_groups).
 template <typename scalar_t>
@@ -178,7 +182,40 @@ void forward_nchw(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
   }
   const DivisorPlane<acc_t> div(tab, g, inner);
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.OW * g.kh * g.kw));
+  // Stride 1 or 2 in eight-float registers, where AVX-512 takes none of the
+  // rows: every row's inner outputs go to sum_blocks8 four blocks at a time,
+  // keyed by their window rows and whether their divisors multiply, from a
+  // plan made once for all planes (as max_pool2d's forward_nchw).
+  const bool blocks8 = kVec && g.sw <= 2 && inner.end - inner.begin >= 8 && !wide;
+  const std::vector<RowPlan> plan = blocks8 ? row_plans(g, tab.rows, inner) : std::vector<RowPlan>{};
+  const auto border = [&](const scalar_t* plane, int64_t oh, int64_t r, bool sweep) {
+    const Range rh = tab.rows[oh];
+    scalar_t* yrow = y + r * g.OW;
+    for (int64_t ow = 0; ow < g.OW; ++ow) {  // avg_pool_output from the tables
+      if (sweep && ow == inner.begin) ow = inner.end;
+      if (ow == g.OW) break;
+      const Range rw = tab.cols[ow];
+      yrow[ow] = rh.empty() || rw.empty() ? scalar_t(0)
+                 : static_cast<scalar_t>(tab.divisors[oh * g.OW + ow](
+                       window_sum<scalar_t, acc_t>(plane, g.W, 1, rh, rw, g.dh, g.dw)));
+    }
+  };
   at::parallel_for(0, g.N * g.C * g.OH, grain, [&](int64_t begin, int64_t end) {
+    if constexpr (kVec) {
+      if (blocks8) {
+        const auto flush = [&]<int kB>(const RowBlock8<scalar_t>* blocks, int64_t key, Step<kB>) {
+          const int64_t rows = key >> 1;
+          const bool by_mul = key & 1;
+          g.sw == 1 ? sum_blocks8<kB, 1>(blocks, g.dh * g.W, rows, g.kw, g.dw, pairs, div.d.data(), div.inv.data(),
+                                         by_mul, y)
+                    : sum_blocks8<kB, 2>(blocks, g.dh * g.W, rows, g.kw, g.dw, pairs, div.d.data(), div.inv.data(),
+                                         by_mul, y);
+        };
+        const auto key = [&](int64_t oh, const RowPlan& p) { return p.nrows * 2 + div.by_mul[oh]; };
+        const auto first = [&](int64_t oh, const RowPlan&) { return oh * g.OW + inner.begin; };
+        return queued_rows8(x, begin, end, g, plan, inner, flush, key, first, 1, border);
+      }
+    }
     auto phase = phase_rows<acc_t>(g, phased);
     const int64_t ahead = rows_ahead(g, sizeof(scalar_t));
     nchw_output_rows(x, begin, end, g, [&](const scalar_t* plane, int64_t oh, int64_t r) {
@@ -213,20 +250,6 @@ void forward_nchw(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
           }
         }
 #endif
-        if constexpr (kVec) {
-          if (g.sw <= 2) {  // stride 1 or 2: sum_blocks8, four blocks at a time
-            const scalar_t* src = plane + rh.begin * g.W;
-            prefetch_rows_ahead(src, g, ahead);
-            src += inner.begin * g.sw - g.pw;
-            return blocks_by<8, 4>(inner.end - inner.begin, [&]<int kB>(int64_t c0, Step<kB>) {
-              const int64_t o = inner.begin + c0;
-              g.sw == 1 ? sum_blocks8<kB, 1>(src + c0, g.dh * g.W, rows, g.kw, g.dw, pairs, d + o, inv + o, by_mul,
-                                             yrow + o)
-                        : sum_blocks8<kB, 2>(src + 2 * c0, g.dh * g.W, rows, g.kw, g.dw, pairs, d + o, inv + o, by_mul,
-                                             yrow + o);
-            });
-          }
-        }
         row_blocks<kV>(plane + rh.begin * g.W, rows, g, inner, phased, phase, ahead,
                        [&]<int kStep>(int64_t c0, const auto& at, Step<kStep>, int64_t step) {
           if constexpr (kVec) {
@@ -236,14 +259,7 @@ void forward_nchw(const scalar_t* x, scalar_t* y, const Pool2dGeom& g, const Avg
           }
         });
       }();
-      for (int64_t ow = 0; ow < g.OW; ++ow) {  // avg_pool_output from the tables
-        if (sweep && ow == inner.begin) ow = inner.end;
-        if (ow == g.OW) break;
-        const Range rw = tab.cols[ow];
-        yrow[ow] = rh.empty() || rw.empty() ? scalar_t(0)
-                   : static_cast<scalar_t>(tab.divisors[oh * g.OW + ow](
-                         window_sum<scalar_t, acc_t>(plane, g.W, 1, rh, rw, g.dh, g.dw)));
-      }
+      border(plane, oh, r, sweep);
     });
   });
 }

@@ -268,33 +268,105 @@ inline void for_each_tap(const At& at, int64_t r, int64_t kw, int64_t step, bool
   for (int64_t t = 0; t < kw; ++t) f(t, vec8::load<kStep>(at(r, t), step));
 }
 
-// f(b, v, r, t) for every tap (r, t), in row-major order, of kB blocks of
-// eight consecutive outputs of one NCHW row at stride kStep (1, or 2 with
-// taps in pairs where `pairs`, float taps in pair order: see pair_taps), v
-// holding block b's inputs of the tap: src points at tap 0 of window row 0 of
-// the first output; window rows lie rs apart, taps dw.
+// A block of eight consecutive outputs of an NCHW row swept at stride 1 or 2:
+// src points at tap 0 of window row 0 of its first output, out is that
+// output's offset in the output, and aux is the kernel's own (max: the first
+// output's input index; avg: its offset in the divisor tables).
+template <typename T>
+struct RowBlock8 {
+  const T* src;
+  int64_t out;
+  int64_t aux;
+};
+
+// Collects the row blocks of a task's rows and hands them on kB at a time,
+// flush(blocks, key, Step<kB>{}) for 1 <= kB <= 4, blocks of one key (the
+// window rows, say) together, so that short rows and the rest of long ones
+// share calls: a call for every eight outputs of VGG's 28x28 planes, two a
+// row before, cost more than their taps. drain() before the task ends.
+template <typename T, typename Flush>
+class RowBlockQueue8 {
+ public:
+  explicit RowBlockQueue8(const Flush& flush) : flush_(flush) {}
+  void push(int64_t key, const T* src, int64_t out, int64_t aux) {
+    if (n_ > 0 && key != key_) drain();
+    key_ = key;
+    blocks_[n_++] = RowBlock8<T>{src, out, aux};
+    if (n_ == 4) drain();
+  }
+  // The row's n >= 8 outputs from out on, eight at a time, the last block
+  // overlapping the one before: src steps `step` elements an output, aux aux_step.
+  void push_row(int64_t key, const T* src, int64_t step, int64_t out, int64_t n, int64_t aux, int64_t aux_step) {
+    for (int64_t c = 0;; c += 8) {
+      c = std::min(c, n - 8);
+      push(key, src + c * step, out + c, aux + c * aux_step);
+      if (c == n - 8) return;
+    }
+  }
+  void drain() {
+    switch (n_) {
+      case 1: flush_(blocks_, key_, Step<1>{}); break;
+      case 2: flush_(blocks_, key_, Step<2>{}); break;
+      case 3: flush_(blocks_, key_, Step<3>{}); break;
+      case 4: flush_(blocks_, key_, Step<4>{}); break;
+      default: break;
+    }
+    n_ = 0;
+  }
+
+ private:
+  const Flush& flush_;
+  RowBlock8<T> blocks_[4];
+  int n_ = 0;
+  int64_t key_ = 0;
+};
+
+// Per output row oh of an NCHW plane, for its inner outputs (Range inner):
+// the window rows in range (nrows, 0 where none), the offset in the plane of
+// the first one's tap 0 (src), and that row's tap row (th0).
+struct RowPlan {
+  int64_t nrows, src, th0;
+};
+
+inline std::vector<RowPlan> row_plans(const Pool2dGeom& g, const std::vector<Range>& rows, Range inner) {
+  std::vector<RowPlan> plan(g.OH);
+  for (int64_t oh = 0; oh < g.OH; ++oh) {
+    const Range rh = rows[oh];
+    if (rh.empty()) continue;
+    plan[oh] = RowPlan{(rh.end - rh.begin + g.dh - 1) / g.dh, rh.begin * g.W + inner.begin * g.sw - g.pw,
+                       (rh.begin - (oh * g.sh - g.ph)) / g.dh};
+  }
+  return plan;
+}
+
+// f(b, v, r, t) for every tap (r, t), in row-major order, of kB row blocks at
+// stride kStep (1, or 2 with taps in pairs where `pairs`, float taps in pair
+// order: see pair_taps), v holding block b's inputs of the tap: window rows
+// lie rs apart, taps dw.
 template <int kB, int kStep, typename T, typename F>
-__attribute__((always_inline)) inline void for_each_tap_blocks8(const T* src, int64_t rs, int64_t rows, int64_t kw,
-                                                               int64_t dw, bool pairs, const F& f) {
-  constexpr int64_t kSpan = 8 * kStep;  // input elements from one block to the next
+__attribute__((always_inline)) inline void for_each_tap_blocks8(const RowBlock8<T>* blocks, int64_t rs, int64_t rows,
+                                                               int64_t kw, int64_t dw, bool pairs, const F& f) {
+  const T* src[kB];
+#pragma GCC unroll 4
+  for (int b = 0; b < kB; ++b) src[b] = blocks[b].src;
   for (int64_t r = 0; r < rows; ++r) {
-    const T* row = src + r * rs;
+    const int64_t row = r * rs;
     if (kStep == 2 && pairs) {
       int64_t t = 0;
       for (; t + 1 < kw; t += 2) {
         for (int b = 0; b < kB; ++b) {
           vec8::f32x8 even, odd;
-          vec8::pair_taps(row + kSpan * b + t, even, odd);
+          vec8::pair_taps(src[b] + row + t, even, odd);
           f(b, even, r, t);
           f(b, odd, r, t + 1);
         }
       }
       if (t < kw) {
-        for (int b = 0; b < kB; ++b) f(b, vec8::pair_tap(row + kSpan * b + t), r, t);
+        for (int b = 0; b < kB; ++b) f(b, vec8::pair_tap(src[b] + row + t), r, t);
       }
     } else {
       for (int64_t t = 0; t < kw; ++t) {
-        for (int b = 0; b < kB; ++b) f(b, vec8::load<kStep>(row + kSpan * b + t * dw, kStep), r, t);
+        for (int b = 0; b < kB; ++b) f(b, vec8::load<kStep>(src[b] + row + t * dw, kStep), r, t);
       }
     }
   }
@@ -310,6 +382,29 @@ inline int64_t rows_ahead(const Pool2dGeom& g, int64_t elem_size) { return prefe
 template <typename scalar_t>
 inline void prefetch_rows_ahead(const scalar_t* src, const Pool2dGeom& g, int64_t ahead) {
   prefetch_block<0>(src + ahead, g.sh * g.W * int64_t(sizeof(scalar_t)));
+}
+
+// A task's NCHW output rows [begin, end) in row blocks (RowBlockQueue8): each
+// row's inner outputs (plan: row_plans') pushed under key(oh, p), their aux
+// starting at aux(oh, p) and stepping aux_step an output, then border(plane,
+// oh, r, swept) for the rest of the row's outputs.
+template <typename T, typename Flush, typename Key, typename Aux, typename Border>
+void queued_rows8(const T* x, int64_t begin, int64_t end, const Pool2dGeom& g, const std::vector<RowPlan>& plan,
+                  Range inner, const Flush& flush, const Key& key, const Aux& aux, int64_t aux_step,
+                  const Border& border) {
+  RowBlockQueue8<T, Flush> queue(flush);
+  const int64_t ahead = rows_ahead(g, sizeof(T));
+  const bool edges = inner.begin > 0 || inner.end < g.OW;
+  nchw_output_rows(x, begin, end, g, [&](const T* plane, int64_t oh, int64_t r) {
+    const RowPlan& p = plan[oh];
+    if (p.nrows > 0) {
+      prefetch_rows_ahead(plane + p.src, g, ahead);
+      queue.push_row(key(oh, p), plane + p.src, g.sw, r * g.OW + inner.begin, inner.end - inner.begin, aux(oh, p),
+                     aux_step);
+    }
+    if (edges || p.nrows == 0) border(plane, oh, r, p.nrows > 0);
+  });
+  queue.drain();
 }
 
 #if defined(__x86_64__)

@@ -66,6 +66,7 @@ void pack_b(int64_t kc, int64_t nc, const float* B, int64_t rsb, int64_t csb, fl
 __attribute__((target("avx512f"))) void micro_kernel(int64_t kc, const float* a, int64_t lda, const float* b,
                                                      float* c, int64_t ldc, bool acc) {
   __m512 c0[MR], c1[MR];
+#pragma GCC unroll 16  // registers, not a rep stos to memory
   for (int64_t i = 0; i < MR; ++i) c0[i] = c1[i] = _mm512_setzero_ps();
   const int64_t ik = lda > 0 ? lda : 1, kk = lda > 0 ? 1 : MR;
   for (int64_t k = 0; k < kc; ++k, a += kk, b += NR) {

@@ -85,32 +85,32 @@ inline void max_row_vec8(const At& at, int64_t step, bool pairs, int64_t rows, i
   if (kIdx) store_index(idx, arg);
 }
 
-// kB blocks of eight consecutive outputs of one NCHW row at stride kStep
-// (for_each_tap_blocks8's src, rs, dw and pairs). Argmaxes as max_row_vec8's,
-// `first` being the first output's. One vmaxps a tap (ties keep the first), a
-// tap taken where it compares greater, and the sum of the taps beside them,
-// kB blocks at a time: a block whose sum is NaN holds a NaN (or infinities of
-// both signs) and is done again by max_row_vec8, where the last NaN wins.
-// (max_row_vec8 alone, a block at a time with a second blend a tap for the
-// NaN: the stem's NCHW forward took 1.5x as long on AVX2.)
+// kB row blocks (RowBlock8, aux: the first output's input index, or with
+// kTaps its first tap's) at stride kStep, window rows rs apart, taps dw
+// (for_each_tap_blocks8). Argmaxes as max_row_vec8's. One vmaxps a tap (ties
+// keep the first), a tap taken where it compares greater, and the sum of the
+// taps beside them, kB blocks at a time: a block whose sum is NaN holds a NaN
+// (or infinities of both signs) and is done again by max_row_vec8, where the
+// last NaN wins. (max_row_vec8 alone, a block at a time with a second blend a
+// tap for the NaN: the stem's NCHW forward took 1.5x as long on AVX2.)
 template <int kB, int kStep, bool kIdx, bool kTaps, typename scalar_t, typename out_t>
-__attribute__((always_inline)) inline void max_blocks8(const scalar_t* src, int64_t rs, int64_t rows, int64_t kw,
-                                                      int64_t dw, bool pairs, int32_t first, int32_t row_step,
+__attribute__((always_inline)) inline void max_blocks8(const RowBlock8<scalar_t>* blocks, int64_t rs, int64_t rows,
+                                                      int64_t kw, int64_t dw, bool pairs, int32_t row_step,
                                                       int32_t tap_step, scalar_t* y, out_t* idx) {
   using namespace vec8;
-  constexpr int64_t kSpan = 8 * kStep;  // input elements from one block to the next
   const bool paired = kStep == 2 && pairs;
   // Each lane's output offset from its block's first, in the lane order of the loads.
   const i32x8 order = paired ? bit_cast<i32x8>(from_pair_order<scalar_t>(bit_cast<f32x8>(iota()))) : iota();
   const i32x8 lane = kTaps ? i32x8{} : order * kStep;
   f32x8 best[kB], sum[kB];
   i32x8 base[kB], arg[kB];
+#pragma GCC unroll 4  // else GCC zeroes sum with a rep stos: a fifth of the stem's time
   for (int b = 0; b < kB; ++b) {
     best[b] = broadcast(lowest_value<float>());
     sum[b] = broadcast(0.0f);
-    base[b] = arg[b] = broadcast(kTaps ? first : first + static_cast<int32_t>(kSpan * b)) + lane;
+    base[b] = arg[b] = broadcast(static_cast<int32_t>(blocks[b].aux)) + lane;
   }
-  for_each_tap_blocks8<kB, kStep>(src, rs, rows, kw, dw, pairs, [&](int b, f32x8 v, int64_t r, int64_t t) {
+  for_each_tap_blocks8<kB, kStep>(blocks, rs, rows, kw, dw, pairs, [&](int b, f32x8 v, int64_t r, int64_t t) {
     if (kIdx) arg[b] = v > best[b] ? base[b] + static_cast<int32_t>(r * row_step + t * tap_step) : arg[b];
     best[b] = v > best[b] ? v : best[b];
     sum[b] += v;
@@ -118,17 +118,18 @@ __attribute__((always_inline)) inline void max_blocks8(const scalar_t* src, int6
   f32x8 all = sum[0];
   for (int b = 1; b < kB; ++b) all += sum[b];
   for (int b = 0; b < kB; ++b) {
-    out_t* ib = kIdx ? idx + 8 * b : nullptr;
+    scalar_t* yb = y + blocks[b].out;
+    out_t* ib = kIdx ? idx + blocks[b].out : nullptr;
     if (any_nan(all) && any_nan(sum[b])) {
-      const scalar_t* at0 = src + kSpan * b;
+      const scalar_t* at0 = blocks[b].src;
       const auto at = [at0, rs, dw](int64_t i, int64_t t) { return at0 + i * rs + t * dw; };
-      const int32_t fb = kTaps ? first : first + static_cast<int32_t>(kSpan * b);
-      max_row_vec8<kStep, kIdx, kTaps>(at, kStep, pairs, rows, kw, fb, row_step, tap_step, kStep, y + 8 * b, ib);
+      const int32_t first = static_cast<int32_t>(blocks[b].aux);
+      max_row_vec8<kStep, kIdx, kTaps>(at, kStep, pairs, rows, kw, first, row_step, tap_step, kStep, yb, ib);
     } else if (paired) {
-      store(y + 8 * b, from_pair_order<scalar_t>(best[b]));
+      store(yb, from_pair_order<scalar_t>(best[b]));
       if (kIdx) store_index(ib, bit_cast<i32x8>(from_pair_order<scalar_t>(bit_cast<f32x8>(arg[b]))));
     } else {
-      store(y + 8 * b, best[b]);
+      store(yb, best[b]);
       if (kIdx) store_index(ib, arg[b]);
     }
   }
@@ -254,11 +255,11 @@ acc_t border_max(const scalar_t* plane, int64_t W, Range rh, Range rw, int64_t d
 // NCHW: one task per output row. Outputs whose window lies inside [0, W) are
 // swept first, kV at a time (row_blocks); the border outputs, and rows with
 // fewer than kV such outputs, then use the shared scalar scan (border_max for
-// values only). Float, half and bfloat16 take eight-float blocks (for strides
-// above 2 their rows are phased), sixteen with AVX-512, at stride 2 with taps
-// in pairs two blocks at a time (max_blocks_pairs16), and planes whose rows
-// are too short for a block go eight planes at a time, a lane per plane
-// (plane_groups).
+// values only). Float, half and bfloat16 take eight-float blocks (at stride 1
+// or 2 queued across rows, max_blocks8; above 2 their rows are phased),
+// sixteen with AVX-512, at stride 2 with taps in pairs two blocks at a time
+// (max_blocks_pairs16), and planes whose rows are too short for a block go
+// eight planes at a time, a lane per plane (plane_groups).
 template <typename scalar_t, typename index_t, typename out_t, bool kIdx>
 void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& g) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -309,7 +310,44 @@ void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
   const index_t row_step = static_cast<index_t>(kTaps ? g.kw : g.dh * g.W);
   const index_t tap_step = static_cast<index_t>(kTaps ? 1 : g.dw);
   const index_t out_step = static_cast<index_t>(g.sw);
+  // Stride 1 or 2 in eight-float registers, where AVX-512 takes none of the
+  // rows: every row's inner outputs go to max_blocks8 four blocks at a time,
+  // from a plan made once for all planes (the generic row below, a block
+  // call or two a row, spent more on the row than on its taps in VGG's 28x28).
+  const bool blocks8 = kVec && g.sw <= 2 && inner.end - inner.begin >= 8 && !wide && !pairs16;
+  std::vector<RowPlan> plan = blocks8 ? row_plans(g, rows, inner) : std::vector<RowPlan>{};
+  const auto border = [&](const scalar_t* plane, int64_t oh, int64_t r, bool sweep) {
+    const Range rh = rows[oh];
+    scalar_t* yrow = y + r * g.OW;
+    out_t* irow = kIdx ? idx + r * g.OW : nullptr;
+    for (int64_t ow = 0; ow < g.OW; ++ow) {
+      if (sweep && ow == inner.begin) ow = inner.end;
+      if (ow == g.OW) break;
+      if constexpr (!kIdx) {
+        yrow[ow] = static_cast<scalar_t>(border_max<scalar_t, acc_t>(plane, g.W, rh, cols[ow], g.dh, g.dw));
+        continue;
+      }
+      acc_t b;
+      int64_t a;
+      max_pool_scan(plane, g.W, int64_t(1), g.W, rh, cols[ow], g.dh, g.dw, b, a);
+      yrow[ow] = static_cast<scalar_t>(b);
+      if (kIdx) irow[ow] = max_pool_store<out_t>(a, oh, ow, g);
+    }
+  };
   at::parallel_for(0, g.N * g.C * g.OH, grain, [&](int64_t begin, int64_t end) {
+    if constexpr (kVec) {
+      if (blocks8) {
+        const auto flush = [&]<int kB>(const RowBlock8<scalar_t>* blocks, int64_t nrows, Step<kB>) {
+          g.sw == 1 ? max_blocks8<kB, 1, kIdx, kTaps>(blocks, g.dh * g.W, nrows, g.kw, g.dw, pairs, row_step,
+                                                     tap_step, y, idx)
+                    : max_blocks8<kB, 2, kIdx, kTaps>(blocks, g.dh * g.W, nrows, g.kw, g.dw, pairs, row_step,
+                                                     tap_step, y, idx);
+        };
+        const auto first = [&](int64_t, const RowPlan& p) { return kTaps ? p.th0 * g.kw : p.src; };
+        return queued_rows8(x, begin, end, g, plan, inner, flush, [](int64_t, const RowPlan& p) { return p.nrows; },
+                            first, kTaps ? 0 : g.sw, border);
+      }
+    }
     auto phase = phase_rows<acc_t>(g, phased);
     const int64_t ahead = rows_ahead(g, sizeof(scalar_t));
     nchw_output_rows(x, begin, end, g, [&](const scalar_t* plane, int64_t oh, int64_t r) {
@@ -357,24 +395,6 @@ void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
           }
         }
 #endif
-        if constexpr (kVec) {
-          if (g.sw <= 2) {  // stride 1 or 2: max_blocks8, four blocks at a time
-            const scalar_t* src = plane + rh.begin * g.W;
-            prefetch_rows_ahead(src, g, ahead);
-            src += inner.begin * g.sw - g.pw;
-            const int32_t first = static_cast<int32_t>(kTaps ? th0 * g.kw : rh.begin * g.W + inner.begin * g.sw - g.pw);
-            const auto blocks = [&]<int kB>(int64_t c0, Step<kB>) {
-              const int64_t o = inner.begin + c0;
-              out_t* io = kIdx ? irow + o : nullptr;
-              const int32_t f = kTaps ? first : first + static_cast<int32_t>(c0 * g.sw);
-              g.sw == 1 ? max_blocks8<kB, 1, kIdx, kTaps>(src + c0, g.dh * g.W, nrows, g.kw, g.dw, pairs, f, row_step,
-                                                         tap_step, yrow + o, io)
-                        : max_blocks8<kB, 2, kIdx, kTaps>(src + 2 * c0, g.dh * g.W, nrows, g.kw, g.dw, pairs, f,
-                                                         row_step, tap_step, yrow + o, io);
-            };
-            return blocks_by<8, 4>(inner.end - inner.begin, blocks);
-          }
-        }
         row_blocks<kV>(plane + rh.begin * g.W, nrows, g, inner, phased, phase, ahead,
                        [&]<int kStep>(int64_t c0, const auto& at, Step<kStep>, int64_t step) {
           const index_t first = static_cast<index_t>(kTaps ? th0 * g.kw : rh.begin * g.W + c0 * g.sw - g.pw);
@@ -388,19 +408,7 @@ void forward_nchw(const scalar_t* x, scalar_t* y, out_t* idx, const Pool2dGeom& 
           }
         });
       }();
-      for (int64_t ow = 0; ow < g.OW; ++ow) {
-        if (sweep && ow == inner.begin) ow = inner.end;
-        if (ow == g.OW) break;
-        if constexpr (!kIdx) {
-          yrow[ow] = static_cast<scalar_t>(border_max<scalar_t, acc_t>(plane, g.W, rh, cols[ow], g.dh, g.dw));
-          continue;
-        }
-        acc_t b;
-        int64_t a;
-        max_pool_scan(plane, g.W, int64_t(1), g.W, rh, cols[ow], g.dh, g.dw, b, a);
-        yrow[ow] = static_cast<scalar_t>(b);
-        if (kIdx) irow[ow] = max_pool_store<out_t>(a, oh, ow, g);
-      }
+      border(plane, oh, r, sweep);
     });
   });
 }
