@@ -306,6 +306,10 @@ at::Tensor run_conv2d_backward_weight(const at::Tensor& grad_output, const at::T
     k.depthwise_backward_weight(gout, x, grad_weight, g, cl);
     return grad_weight;
   }
+  if (cl && k.dense_backward_weight != nullptr) {
+    at::Tensor grad_weight = at::empty(weight_size, input.options());
+    if (k.dense_backward_weight(gout, x, grad_weight, g)) return grad_weight;
+  }
   const int64_t ocg = g.ocg(), kg = g.kg();
   const at::Tensor gout2d = cl ? gout.permute({0, 2, 3, 1}).reshape({g.N * g.ohw(), g.OC}) : gout.view({g.N * g.OC, g.ohw()});
   // Partial products (of image runs, or of single images) add up in gw;

@@ -34,6 +34,9 @@ struct ConvKernels {
                         const at::Tensor& out, const Conv2dGeom& g, bool channels_last);
   bool (*dense_backward_input)(const at::Tensor& grad_output, const at::Tensor& weight,
                                const at::Tensor& grad_input, const Conv2dGeom& g, bool channels_last);
+  // grad_weight is a contiguous (OC, C, kh, kw) tensor to overwrite; gout and x are channels-last.
+  bool (*dense_backward_weight)(const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& grad_weight,
+                                const Conv2dGeom& g);
   // Optional: a channels-last copy of an NCHW tensor, for the weight
   // gradient to take the channels-last path (one GEMM per run of images).
   at::Tensor (*channels_last_copy)(const at::Tensor& t);

@@ -398,10 +398,11 @@ def test_channels_last_col2im_channel_blocks(dtype):
 
 # (C, OC, kernel, stride, padding, dilation): rows not a multiple of the 6-row tile, column panels of 64 with
 # tails, odd K (bfloat16 pairs with a half pair), a stride above the kernel (input pixels no tap reads), dilation,
-# windows in the padding, 1x1 stride 2.
+# windows in the padding, 1x1 stride 2; for the float32 weight gradient's GEMM (B's rows gathered, 32-column strips)
+# channel counts that split strips between taps (70, 10, 6) and more output channels than one 168-row block (200).
 INDIRECT = [(64, 128, 3, 2, 1, 1), (3, 10, 3, 2, 1, 1), (6, 70, 3, 2, 1, 1), (70, 6, 3, 2, 1, 1), (8, 16, 3, 1, 1, 1),
             (4, 5, 2, 3, 0, 1), (10, 33, 3, 2, 2, 2), (2, 3, 5, 2, 2, 1), (16, 8, 1, 2, 0, 1), (4, 4, 3, 4, 1, 1),
-            (6, 8, (3, 2), (2, 3), (1, 0), (2, 1))]
+            (6, 8, (3, 2), (2, 3), (1, 0), (2, 1)), (10, 200, 3, 2, 1, 1)]
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
@@ -412,7 +413,9 @@ def test_indirect_gemm(dtype, layout):
     pixels). NCHW tensors go through 8x8-block transposes (channel and pixel counts with and without tails) where
     their im2col columns would be at least as large as the input (else they take im2col, whose bfloat16 grad_input
     adds rounded columns). Against the float64 reference on the same inputs: float32 within 1e-5, bfloat16 the
-    reference rounded once (the float sum rounds to the same bfloat16 but for near-ties)."""
+    reference rounded once (the float sum rounds to the same bfloat16 but for near-ties). The float32 weight
+    gradient (one GEMM over all images, its B rows gathered from the input's pixels) within 1e-5 of its largest
+    element."""
     for (C, OC, k, s, p, d), (H, W) in itertools.product(INDIRECT, [(13, 11), (30, 29)]):
         x, w, b = make(3, C, H, W, OC, 1, k, dtype, layout, seed=C + OC)
         y = ops.conv2d(x, w, b, pair(s), pair(p), pair(d), 1)
@@ -427,6 +430,12 @@ def test_indirect_gemm(dtype, layout):
         gr = F.conv_transpose2d(go.double(), w.double(), None, s, p, op, 1, d)
         indirect = torch.ops.poolops._cpu_indirect_gemm(dtype) and (
             layout == torch.channels_last or w.shape[2] * w.shape[3] * r.shape[2] * r.shape[3] >= H * W)
+        if dtype == torch.float32:
+            gw = ops._conv2d_backward_weight(go, x, list(w.shape), pair(s), pair(p), pair(d), 1)
+            gwr = torch.nn.grad.conv2d_weight(x.double(), w.shape, go.double(), s, p, d)
+            assert gw.shape == w.shape and gw.is_contiguous()
+            torch.testing.assert_close(gw.double(), gwr, rtol=0, atol=1e-5 * gwr.abs().max().item(),
+                                       msg=str((C, OC, k, s, p, d)))
         for got, want in ((y, r), (gi, gr)):
             if not indirect:
                 torch.testing.assert_close(got, want.to(dtype), **TOL[dtype], msg=str((C, OC, k, s, p, d)))

@@ -9,11 +9,13 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/BFloat16.h>
 
 #include <algorithm>
 #include <vector>
 
+#include "gemm.h"
 #include "indirect_gemm.h"
 #include "../output_alloc.h"
 #include "transpose.h"
@@ -163,7 +165,40 @@ void from_channels_last(const at::Tensor& nhwc, const at::Tensor& nchw) {
   });
 }
 
+// gw (OC x taps * C, rows contiguous) = gout^T (OC x N * OHW) @ B, B's row
+// m holding the input pixels that output pixel m's taps read (zeros in the
+// padding): the im2col columns, gathered by the GEMM as it packs B.
+void backward_weight(const float* gout, const float* x, float* gw, const Conv2dGeom& g) {
+  const int64_t taps = g.taps();
+  const auto rows = [&](int64_t m0, int64_t mr, const float** table) {
+    int64_t n = m0 / g.ohw(), oh = m0 % g.ohw() / g.OW, ow = m0 % g.OW;
+    for (int64_t r = 0; r < mr; ++r, table += taps) {
+      for (int64_t i = 0; i < g.kh; ++i) {
+        const int64_t h = conv_source(oh, i, g.sh, g.ph, g.dh);
+        for (int64_t j = 0; j < g.kw; ++j) {
+          const int64_t wi = conv_source(ow, j, g.sw, g.pw, g.dw);
+          const bool inside = h >= 0 && h < g.H && wi >= 0 && wi < g.W;
+          table[i * g.kw + j] = inside ? x + ((n * g.H + h) * g.W + wi) * g.C : nullptr;
+        }
+      }
+      if (++ow == g.OW) {
+        ow = 0;
+        if (++oh == g.OH) oh = 0, ++n;
+      }
+    }
+  };
+  gemm_f32_gathered_b(g.OC, taps * g.C, g.N * g.ohw(), gout, 1, g.OC, g.C, rows, gw, taps * g.C, false);
+}
+
 }  // namespace
+
+bool dense_backward_weight(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& gw, const Conv2dGeom& g) {
+  if (g.groups != 1 || columns_are_input(g) || x.scalar_type() != at::kFloat || !own_gemm_enabled()) return false;
+  const at::Tensor gw_taps = at::empty({g.OC, g.kh, g.kw, g.C}, gw.options());
+  backward_weight(gout.const_data_ptr<float>(), x.const_data_ptr<float>(), gw_taps.mutable_data_ptr<float>(), g);
+  gw.copy_(gw_taps.permute({0, 3, 1, 2}));
+  return true;
+}
 
 at::Tensor channels_last_copy(const at::Tensor& t) {
   at::Tensor out = empty_output(t.sizes(), t.options().memory_format(kCL));

@@ -940,6 +940,7 @@ const ConvKernels kCpuKernels{&im2col,
                               &depthwise_backward_weight,
                               &dense_forward,
                               &dense_backward_input,
+                              &dense_backward_weight,
                               &channels_last_copy,
                               /*parallel_images=*/true};
 

@@ -1,8 +1,9 @@
 // Goto-style blocking: B is packed in KC x NC panels of NR-wide strips, A in
 // MC x KC blocks of MR-tall strips (zero-padded), and a 14 x 32 register tile
 // of 28 zmm accumulators runs over each strip pair. Threads split the MC
-// blocks of a panel (and their strips, when blocks are fewer than threads);
-// each element of C is summed by one thread.
+// blocks of a panel or, when the blocks are fewer than the threads, the
+// columns of C, each packing its own strips of B; each element of C is
+// summed by one thread, in the same order either way.
 #include "gemm.h"
 
 #include <ATen/Parallel.h>
@@ -38,6 +39,10 @@ void pack_strip(const float* src, int64_t n, int64_t width, int64_t kc, int64_t 
     return;
   }
   for (int64_t k = 0; k < kc; ++k) {
+    if (is == 1 && n == MR && width == MR) {  // a constant size: inline moves, not a memcpy call
+      std::memcpy(dst + k * MR, src + k * ks, MR * sizeof(float));
+      continue;
+    }
     if (is == 1 && n == width) {
       std::memcpy(dst + k * width, src + k * ks, width * sizeof(float));
       continue;
@@ -56,6 +61,43 @@ void pack_a(int64_t mc, int64_t kc, const float* A, int64_t rsa, int64_t csa, fl
 void pack_b(int64_t kc, int64_t nc, const float* B, int64_t rsb, int64_t csb, float* dst) {
   for (int64_t j0 = 0; j0 < nc; j0 += NR, dst += NR * kc) {
     pack_strip(B + j0 * csb, std::min(NR, nc - j0), NR, kc, csb, rsb, dst);
+  }
+}
+
+// pack_b for B given as row pieces (gemm_f32_gathered_b): rows k0 .. k0 + kc
+// - 1, columns j0 .. j0 + nc - 1.
+void pack_b_gathered(int64_t kc, int64_t nc, int64_t k0, int64_t j0, int64_t width, int64_t pieces,
+                     const GatheredRows& rows, float* dst) {
+  const std::unique_ptr<const float*[]> table(new const float*[kc * pieces]);
+  rows(k0, kc, table.get());
+  struct Run {
+    int64_t at, piece, offset, len;  // strip columns [at, at + len): piece's elements from offset on
+  };
+  Run runs[NR];
+  for (int64_t s = 0; s < nc; s += NR, dst += NR * kc) {
+    const int64_t n = std::min(NR, nc - s);
+    int64_t nruns = 0;
+    for (int64_t i = 0; i < n; i += runs[nruns++].len) {
+      const int64_t j = j0 + s + i, offset = j % width;
+      runs[nruns] = Run{i, j / width, offset, std::min(width - offset, n - i)};
+    }
+    for (int64_t k = 0; k < kc; ++k) {
+      float* d = dst + k * NR;
+      const float* const* row = table.get() + k * pieces;
+      if (nruns == 1 && n == NR && row[runs[0].piece] != nullptr) {  // inline moves, as in pack_strip
+        std::memcpy(d, row[runs[0].piece] + runs[0].offset, NR * sizeof(float));
+        continue;
+      }
+      for (int64_t r = 0; r < nruns; ++r) {
+        const Run& u = runs[r];
+        if (row[u.piece] != nullptr) {
+          std::memcpy(d + u.at, row[u.piece] + u.offset, u.len * sizeof(float));
+        } else {
+          std::fill_n(d + u.at, u.len, 0.f);
+        }
+      }
+      std::fill(d + n, d + NR, 0.f);
+    }
   }
 }
 
@@ -148,8 +190,13 @@ bool own_gemm_enabled() {
   return enabled;
 }
 
-void gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t rsa, int64_t csa, const float* B, int64_t rsb,
-              int64_t csb, float* C, int64_t ldc, bool accumulate) {
+namespace {
+
+// gemm_f32 with pack(kc, nc, pc, jc, dst) packing rows pc .. pc + kc - 1 and
+// columns jc .. jc + nc - 1 of B as pack_b does (called from several threads).
+template <typename PackB>
+void gemm_impl(int64_t M, int64_t N, int64_t K, const float* A, int64_t rsa, int64_t csa, const PackB& pack, float* C,
+               int64_t ldc, bool accumulate) {
   if (M == 0 || N == 0) return;
   if (K == 0) {
     if (!accumulate) {
@@ -157,42 +204,86 @@ void gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t rsa, int6
     }
     return;
   }
-  // Uninitialised scratch: packing writes every element it reads (a zeroing vector cost 3% of a conv).
-  const std::unique_ptr<float[]> pb(new float[KC * ((std::min(NC, N) + NR - 1) / NR * NR)]);
   const int64_t blocks = (M + MC - 1) / MC;
   const bool direct_a = csa == 1 && rsa > 0;
+  const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  if (blocks < threads) {
+    // Fewer MC blocks than threads: the threads split the columns instead,
+    // once for the whole product, each packing its own strips of B. (Packing
+    // a shared B panel on one thread, with a fork and join per KC step, took
+    // a third of the time of the weight gradient of ResNet's 3x3 stride-2
+    // conv, whose K is 32 images' pixels.)
+    const int64_t strips = (N + NR - 1) / NR;
+    const int64_t splits = std::min(strips, (threads + blocks - 1) / blocks);
+    const int64_t span = (strips + splits - 1) / splits * NR;
+    at::parallel_for(0, blocks * splits, 1, [&](int64_t begin, int64_t end) {
+      const std::unique_ptr<float[]> pa(new float[MC * KC]);
+      const std::unique_ptr<float[]> pb(new float[KC * std::min(NC, span)]);
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t ic = t / splits * MC, mc = std::min(MC, M - ic);
+        const int64_t j0 = t % splits * span, j1 = std::min(N, j0 + span);
+        for (int64_t jc = j0; jc < j1; jc += NC) {
+          const int64_t nc = std::min(NC, j1 - jc);
+          for (int64_t pc = 0; pc < K; pc += KC) {
+            const int64_t kc = std::min(KC, K - pc);
+            const bool acc = accumulate || pc > 0;
+            pack(kc, nc, pc, jc, pb.get());
+            const float* a = A + ic * rsa + pc * csa;
+            float* c = C + ic * ldc + jc;
+            if (direct_a) {
+              block(mc, 0, nc, kc, a, rsa, pa.get(), pb.get(), c, ldc, acc);
+            } else {
+              pack_a(mc, kc, a, rsa, csa, pa.get());
+              block(mc, 0, nc, kc, pa.get(), 0, pa.get(), pb.get(), c, ldc, acc);
+            }
+          }
+        }
+      }
+    });
+    return;
+  }
+  // Uninitialised scratch: packing writes every element it reads (a zeroing vector cost 3% of a conv).
+  const std::unique_ptr<float[]> pb(new float[KC * ((std::min(NC, N) + NR - 1) / NR * NR)]);
   for (int64_t jc = 0; jc < N; jc += NC) {
     const int64_t nc = std::min(NC, N - jc);
     for (int64_t pc = 0; pc < K; pc += KC) {
       const int64_t kc = std::min(KC, K - pc);
       const bool acc = accumulate || pc > 0;
-      pack_b(kc, nc, B + pc * rsb + jc * csb, rsb, csb, pb.get());
-      // Tasks are MC blocks, each split into column ranges of whole strips
-      // when there are fewer blocks than threads.
-      const int64_t strips = (nc + NR - 1) / NR;
-      const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-      const int64_t splits = blocks >= threads ? 1 : std::min(strips, (threads + blocks - 1) / blocks);
-      const int64_t span = (strips + splits - 1) / splits * NR;
-      at::parallel_for(0, blocks * splits, 1, [&](int64_t begin, int64_t end) {
+      pack(kc, nc, pc, jc, pb.get());
+      // Tasks are MC blocks, sharing the packed panel of B.
+      at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
         const std::unique_ptr<float[]> pa(new float[MC * kc]);
-        int64_t packed = -1;
-        for (int64_t t = begin; t < end; ++t) {
-          const int64_t ib = t / splits, j0 = t % splits * span, j1 = std::min(nc, j0 + span);
-          if (j0 >= j1) continue;
+        for (int64_t ib = begin; ib < end; ++ib) {
           const int64_t ic = ib * MC, mc = std::min(MC, M - ic);
           const float* a = A + ic * rsa + pc * csa;
           float* c = C + ic * ldc + jc;
           if (direct_a) {  // rows contiguous along k: broadcast from A itself
-            block(mc, j0, j1, kc, a, rsa, pa.get(), pb.get(), c, ldc, acc);
+            block(mc, 0, nc, kc, a, rsa, pa.get(), pb.get(), c, ldc, acc);
             continue;
           }
-          if (packed != ib) pack_a(mc, kc, a, rsa, csa, pa.get());
-          packed = ib;
-          block(mc, j0, j1, kc, pa.get(), 0, pa.get(), pb.get(), c, ldc, acc);
+          pack_a(mc, kc, a, rsa, csa, pa.get());
+          block(mc, 0, nc, kc, pa.get(), 0, pa.get(), pb.get(), c, ldc, acc);
         }
       });
     }
   }
+}
+
+}  // namespace
+
+void gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t rsa, int64_t csa, const float* B, int64_t rsb,
+              int64_t csb, float* C, int64_t ldc, bool accumulate) {
+  gemm_impl(M, N, K, A, rsa, csa, [&](int64_t kc, int64_t nc, int64_t pc, int64_t jc, float* dst) {
+    pack_b(kc, nc, B + pc * rsb + jc * csb, rsb, csb, dst);
+  }, C, ldc, accumulate);
+}
+
+void gemm_f32_gathered_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t rsa, int64_t csa, int64_t width,
+                         const GatheredRows& rows, float* C, int64_t ldc, bool accumulate) {
+  const int64_t pieces = (N + width - 1) / width;
+  gemm_impl(M, N, K, A, rsa, csa, [&](int64_t kc, int64_t nc, int64_t pc, int64_t jc, float* dst) {
+    pack_b_gathered(kc, nc, pc, jc, width, pieces, rows, dst);
+  }, C, ldc, accumulate);
 }
 
 }  // namespace poolops

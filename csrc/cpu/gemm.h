@@ -4,6 +4,8 @@
 // one core.
 #pragma once
 
+#include <c10/util/FunctionRef.h>
+
 #include <cstdint>
 
 namespace poolops {
@@ -26,5 +28,15 @@ bool own_gemm_enabled();
 // sums its K products in a fixed order whatever the thread count.
 void gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t rsa, int64_t csa, const float* B, int64_t rsb,
               int64_t csb, float* C, int64_t ldc, bool accumulate);
+
+// rows(k0, kc, table) sets table[k * pieces + p], for k < kc and p < pieces,
+// to piece p of row k0 + k of B (gemm_f32_gathered_b), or null for zeros.
+using GatheredRows = c10::function_ref<void(int64_t k0, int64_t kc, const float** table)>;
+
+// gemm_f32 with row k of B made of pieces = ceil(N / width) runs of width
+// floats gathered through pointers (the last run cut at N): a convolution's
+// weight gradient reads its input pixels as B's rows without im2col columns.
+void gemm_f32_gathered_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t rsa, int64_t csa, int64_t width,
+                         const GatheredRows& rows, float* C, int64_t ldc, bool accumulate);
 
 }  // namespace poolops

@@ -200,6 +200,7 @@ const ConvKernels kCudaKernels{&im2col,
                                &depthwise_backward_weight,
                                /*dense_forward=*/nullptr,
                                /*dense_backward_input=*/nullptr,
+                               /*dense_backward_weight=*/nullptr,
                                /*channels_last_copy=*/nullptr,
                                /*parallel_images=*/false};
 
