@@ -413,9 +413,9 @@ def test_indirect_gemm(dtype, layout):
     pixels). NCHW tensors go through 8x8-block transposes (channel and pixel counts with and without tails) where
     their im2col columns would be at least as large as the input (else they take im2col, whose bfloat16 grad_input
     adds rounded columns). Against the float64 reference on the same inputs: float32 within 1e-5, bfloat16 the
-    reference rounded once (the float sum rounds to the same bfloat16 but for near-ties). The float32 weight
-    gradient (one GEMM over all images, its B rows gathered from the input's pixels) within 1e-5 of its largest
-    element."""
+    reference rounded once (the float sum rounds to the same bfloat16 but for near-ties). The weight gradient is
+    one GEMM over all images, its B rows gathered from the input's pixels: float32 within 1e-5 of its largest
+    element, bfloat16 (float sums with AVX512-BF16) as the other bfloat16 results."""
     for (C, OC, k, s, p, d), (H, W) in itertools.product(INDIRECT, [(13, 11), (30, 29)]):
         x, w, b = make(3, C, H, W, OC, 1, k, dtype, layout, seed=C + OC)
         y = ops.conv2d(x, w, b, pair(s), pair(p), pair(d), 1)
@@ -430,13 +430,13 @@ def test_indirect_gemm(dtype, layout):
         gr = F.conv_transpose2d(go.double(), w.double(), None, s, p, op, 1, d)
         indirect = torch.ops.poolops._cpu_indirect_gemm(dtype) and (
             layout == torch.channels_last or w.shape[2] * w.shape[3] * r.shape[2] * r.shape[3] >= H * W)
-        if dtype == torch.float32:
-            gw = ops._conv2d_backward_weight(go, x, list(w.shape), pair(s), pair(p), pair(d), 1)
-            gwr = torch.nn.grad.conv2d_weight(x.double(), w.shape, go.double(), s, p, d)
-            assert gw.shape == w.shape and gw.is_contiguous()
-            torch.testing.assert_close(gw.double(), gwr, rtol=0, atol=1e-5 * gwr.abs().max().item(),
-                                       msg=str((C, OC, k, s, p, d)))
-        for got, want in ((y, r), (gi, gr)):
+        gw = ops._conv2d_backward_weight(go, x, list(w.shape), pair(s), pair(p), pair(d), 1)
+        gwr = torch.nn.grad.conv2d_weight(x.double(), w.shape, go.double(), s, p, d)
+        assert gw.shape == w.shape and gw.is_contiguous() and gw.dtype == dtype
+        if dtype == torch.float32 or not indirect:  # the other paths' bfloat16 sums of parts: within 2 ulp of the max
+            atol = (1e-5 if dtype == torch.float32 else 2.0 ** -6) * gwr.abs().max().item()
+            torch.testing.assert_close(gw.double(), gwr, rtol=0, atol=atol, msg=str((C, OC, k, s, p, d)))
+        for got, want in ((y, r), (gi, gr)) + (((gw, gwr),) if dtype == torch.bfloat16 and indirect else ()):
             if not indirect:
                 torch.testing.assert_close(got, want.to(dtype), **TOL[dtype], msg=str((C, OC, k, s, p, d)))
                 continue

@@ -13,6 +13,7 @@
 #include <c10/util/BFloat16.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "gemm.h"
@@ -165,12 +166,13 @@ void from_channels_last(const at::Tensor& nhwc, const at::Tensor& nchw) {
   });
 }
 
-// gw (OC x taps * C, rows contiguous) = gout^T (OC x N * OHW) @ B, B's row
-// m holding the input pixels that output pixel m's taps read (zeros in the
-// padding): the im2col columns, gathered by the GEMM as it packs B.
-void backward_weight(const float* gout, const float* x, float* gw, const Conv2dGeom& g) {
+// gw (OC x taps * C, float, rows contiguous) = gout^T (OC x N * OHW) @ B,
+// B's row m holding the input pixels that output pixel m's taps read (zeros
+// in the padding): the im2col columns, gathered by the GEMM as it packs B.
+template <typename T>
+void backward_weight(const T* gout, const T* x, float* gw, const Conv2dGeom& g) {
   const int64_t taps = g.taps();
-  const auto rows = [&](int64_t m0, int64_t mr, const float** table) {
+  const auto rows = [&](int64_t m0, int64_t mr, const T** table) {
     int64_t n = m0 / g.ohw(), oh = m0 % g.ohw() / g.OW, ow = m0 % g.OW;
     for (int64_t r = 0; r < mr; ++r, table += taps) {
       for (int64_t i = 0; i < g.kh; ++i) {
@@ -187,16 +189,28 @@ void backward_weight(const float* gout, const float* x, float* gw, const Conv2dG
       }
     }
   };
-  gemm_f32_gathered_b(g.OC, taps * g.C, g.N * g.ohw(), gout, 1, g.OC, g.C, rows, gw, taps * g.C, false);
+  if constexpr (std::is_same_v<T, float>) {
+    gemm_f32_gathered_b(g.OC, taps * g.C, g.N * g.ohw(), gout, 1, g.OC, g.C, rows, gw, taps * g.C, false);
+  } else {
+    gemm_bf16_gathered_b(g.OC, taps * g.C, g.N * g.ohw(), gout, 1, g.OC, g.C, rows, gw, taps * g.C);
+  }
 }
 
 }  // namespace
 
 bool dense_backward_weight(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& gw, const Conv2dGeom& g) {
-  if (g.groups != 1 || columns_are_input(g) || x.scalar_type() != at::kFloat || !own_gemm_enabled()) return false;
-  const at::Tensor gw_taps = at::empty({g.OC, g.kh, g.kw, g.C}, gw.options());
-  backward_weight(gout.const_data_ptr<float>(), x.const_data_ptr<float>(), gw_taps.mutable_data_ptr<float>(), g);
-  gw.copy_(gw_taps.permute({0, 3, 1, 2}));
+  const bool f32 = x.scalar_type() == at::kFloat, bf16 = x.scalar_type() == at::kBFloat16;
+  if (g.groups != 1 || columns_are_input(g) || !own_gemm_enabled() || !(f32 || (bf16 && avx512_bf16_enabled()))) {
+    return false;
+  }
+  const at::Tensor gw_taps = at::empty({g.OC, g.kh, g.kw, g.C}, gw.options().dtype(at::kFloat));
+  if (f32) {
+    backward_weight(gout.const_data_ptr<float>(), x.const_data_ptr<float>(), gw_taps.mutable_data_ptr<float>(), g);
+  } else {
+    backward_weight(gout.const_data_ptr<c10::BFloat16>(), x.const_data_ptr<c10::BFloat16>(),
+                    gw_taps.mutable_data_ptr<float>(), g);
+  }
+  gw.copy_(gw_taps.permute({0, 3, 1, 2}));  // bfloat16: rounded once
   return true;
 }
 

@@ -25,9 +25,10 @@ at::Tensor channels_last_copy(const at::Tensor& t);
 bool dense_backward_input(const at::Tensor& gout, const at::Tensor& weight, const at::Tensor& gin,
                           const Conv2dGeom& g, bool channels_last);
 
-// gw (OC, C, kh, kw), overwritten, from channels-last gout and x: float32
-// only, one GEMM over all the images whose B rows are gathered from the
-// input pixels (gemm_f32_gathered_b).
+// gw (OC, C, kh, kw), overwritten, from channels-last gout and x: float32,
+// or bfloat16 with AVX512-BF16 (float sums rounded once), one GEMM over all
+// the images whose B rows are gathered from the input pixels
+// (gemm_f32_gathered_b, gemm_bf16_gathered_b).
 bool dense_backward_weight(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& gw, const Conv2dGeom& g);
 
 }  // namespace poolops

@@ -6,6 +6,8 @@
 // summed by one thread, in the same order either way.
 #include "gemm.h"
 
+#include "gemm_tile.h"
+
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -21,7 +23,7 @@
 namespace poolops {
 namespace {
 
-constexpr int64_t MR = 14, NR = 32, KC = 256, MC = MR * 12, NC = 1024;
+constexpr int64_t MR = kTileRows, NR = kTileCols, KC = 256, MC = MR * 12, NC = 1024;
 
 // One strip of a panel: dst[k * width + i] = src[i * is + k * ks] for i < n
 // (zeros for n <= i < width) and k < kc. A strips are MR rows of A, B strips
@@ -70,17 +72,10 @@ void pack_b_gathered(int64_t kc, int64_t nc, int64_t k0, int64_t j0, int64_t wid
                      const GatheredRows& rows, float* dst) {
   const std::unique_ptr<const float*[]> table(new const float*[kc * pieces]);
   rows(k0, kc, table.get());
-  struct Run {
-    int64_t at, piece, offset, len;  // strip columns [at, at + len): piece's elements from offset on
-  };
-  Run runs[NR];
+  PieceRun runs[NR];
   for (int64_t s = 0; s < nc; s += NR, dst += NR * kc) {
     const int64_t n = std::min(NR, nc - s);
-    int64_t nruns = 0;
-    for (int64_t i = 0; i < n; i += runs[nruns++].len) {
-      const int64_t j = j0 + s + i, offset = j % width;
-      runs[nruns] = Run{i, j / width, offset, std::min(width - offset, n - i)};
-    }
+    const int64_t nruns = piece_runs(j0 + s, n, width, runs);
     for (int64_t k = 0; k < kc; ++k) {
       float* d = dst + k * NR;
       const float* const* row = table.get() + k * pieces;
@@ -89,7 +84,7 @@ void pack_b_gathered(int64_t kc, int64_t nc, int64_t k0, int64_t j0, int64_t wid
         continue;
       }
       for (int64_t r = 0; r < nruns; ++r) {
-        const Run& u = runs[r];
+        const PieceRun& u = runs[r];
         if (row[u.piece] != nullptr) {
           std::memcpy(d + u.at, row[u.piece] + u.offset, u.len * sizeof(float));
         } else {
@@ -119,14 +114,7 @@ __attribute__((target("avx512f"))) void micro_kernel(int64_t kc, const float* a,
       c1[i] = _mm512_fmadd_ps(ai, b1, c1[i]);
     }
   }
-  for (int64_t i = 0; i < MR; ++i, c += ldc) {
-    if (acc) {
-      c0[i] = _mm512_add_ps(_mm512_loadu_ps(c), c0[i]);
-      c1[i] = _mm512_add_ps(_mm512_loadu_ps(c + 16), c1[i]);
-    }
-    _mm512_storeu_ps(c, c0[i]);
-    _mm512_storeu_ps(c + 16, c1[i]);
-  }
+  store_tile(c0, c1, c, ldc, acc);
 }
 #else
 void micro_kernel(int64_t, const float*, int64_t, const float*, float*, int64_t, bool) {}

@@ -4,6 +4,7 @@
 // one core.
 #pragma once
 
+#include <c10/util/BFloat16.h>
 #include <c10/util/FunctionRef.h>
 
 #include <cstdint>
@@ -38,5 +39,13 @@ using GatheredRows = c10::function_ref<void(int64_t k0, int64_t kc, const float*
 // weight gradient reads its input pixels as B's rows without im2col columns.
 void gemm_f32_gathered_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t rsa, int64_t csa, int64_t width,
                          const GatheredRows& rows, float* C, int64_t ldc, bool accumulate);
+
+using GatheredRowsBf16 = c10::function_ref<void(int64_t k0, int64_t kc, const c10::BFloat16** table)>;
+
+// gemm_f32_gathered_b for bfloat16 A and B (C float, overwritten): products
+// summed in float with AVX512-BF16 (gemm_bf16.cpp). Only where
+// avx512_bf16_enabled().
+void gemm_bf16_gathered_b(int64_t M, int64_t N, int64_t K, const c10::BFloat16* A, int64_t rsa, int64_t csa,
+                          int64_t width, const GatheredRowsBf16& rows, float* C, int64_t ldc);
 
 }  // namespace poolops
