@@ -2,7 +2,7 @@
 // B is packed in 64-column panels, tap after tap, k after k; bfloat16 packs
 // k in pairs (the two values of one column side by side), the operand layout
 // of vdpbf16ps, and broadcasts a pair of A's elements at a time. Threads take
-// whole row tiles.
+// groups of whole row tiles.
 #include "indirect_gemm.h"
 
 #include <ATen/Parallel.h>
@@ -150,21 +150,33 @@ void indirect_gemm(int64_t M, int64_t N, int64_t taps, int64_t K, const T* packe
   const int64_t panels = (N + NR - 1) / NR, Kp = (K + kPair<T> - 1) / kPair<T> * kPair<T>;
   std::vector<float> bias_padded(panels * NR, 0.f);
   if (bias != nullptr) std::copy(bias, bias + N, bias_padded.begin());
-  at::parallel_for(0, (M + MR - 1) / MR, 1, [&](int64_t begin, int64_t end) {
-    std::vector<const T*> a(MR * taps);
-    T* c[MR];
-    for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t m0 = blk * MR, mr = std::min(MR, M - m0);
-      rows(m0, mr, a.data(), c);
-      for (int64_t r = mr; r < MR; ++r) {  // a short last tile repeats its last row and stores nothing for it
-        std::copy(a.data() + (mr - 1) * taps, a.data() + mr * taps, a.data() + r * taps);
-        c[r] = nullptr;
+  // Tasks are groups of kGroup row tiles, which take each column panel in
+  // turn, so that the group reuses the panel's B before the next is read
+  // (ResNet's 3x3 stride-2 channels-last forward: float32 10.4 -> 9.9 ms,
+  // bfloat16 4.56 -> 4.25; one tile after another went through all of B).
+  constexpr int64_t kGroup = 4;
+  const int64_t tiles = (M + MR - 1) / MR;
+  at::parallel_for(0, (tiles + kGroup - 1) / kGroup, 1, [&](int64_t begin, int64_t end) {
+    std::vector<const T*> a(kGroup * MR * taps);
+    T* c[kGroup][MR];
+    for (int64_t grp = begin; grp < end; ++grp) {
+      const int64_t t0 = grp * kGroup, nt = std::min(kGroup, tiles - t0);
+      for (int64_t u = 0; u < nt; ++u) {
+        const int64_t m0 = (t0 + u) * MR, mr = std::min(MR, M - m0);
+        const T** au = a.data() + u * MR * taps;
+        rows(m0, mr, au, c[u]);
+        for (int64_t r = mr; r < MR; ++r) {  // a short last tile repeats its last row and stores nothing for it
+          std::copy(au + (mr - 1) * taps, au + mr * taps, au + r * taps);
+          c[u][r] = nullptr;
+        }
       }
       for (int64_t p = 0; p < panels; ++p) {
-        T* cp[MR];
-        for (int64_t r = 0; r < MR; ++r) cp[r] = c[r] ? c[r] + p * NR : nullptr;
-        tile<T>(taps, K, a.data(), packed_b + p * taps * Kp * NR, bias_padded.data() + p * NR, cp,
-                std::min(NR, N - p * NR));
+        for (int64_t u = 0; u < nt; ++u) {
+          T* cp[MR];
+          for (int64_t r = 0; r < MR; ++r) cp[r] = c[u][r] ? c[u][r] + p * NR : nullptr;
+          tile<T>(taps, K, a.data() + u * MR * taps, packed_b + p * taps * Kp * NR, bias_padded.data() + p * NR,
+                  cp, std::min(NR, N - p * NR));
+        }
       }
     }
   });
