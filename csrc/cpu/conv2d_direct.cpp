@@ -36,7 +36,8 @@ inline int64_t mod(int64_t a, int64_t s) { return ((a % s) + s) % s; }
 
 // Rows m0 .. m0 + mr - 1 of the indirect GEMM, which walk a (rows x cols)
 // grid of pixels per image: pixels inside `inner` (every tap in range) are
-// described by inner_row(n, row, col, a, c), the others by border_row.
+// described by inner_row(n, row, col, a, c), the others by border_row (c
+// null where the caller wants only the rows of A).
 template <typename T, typename Inner, typename Border>
 void fill_rows(int64_t m0, int64_t mr, int64_t rows, int64_t cols, Range inner_rows, Range inner_cols, int64_t taps,
                const T** a, T** c, const Inner& inner_row, const Border& border_row) {
@@ -44,12 +45,46 @@ void fill_rows(int64_t m0, int64_t mr, int64_t rows, int64_t cols, Range inner_r
   for (int64_t r = 0; r < mr; ++r, a += taps) {
     const bool inner =
         row >= inner_rows.begin && row < inner_rows.end && col >= inner_cols.begin && col < inner_cols.end;
-    inner ? inner_row(n, row, col, a, c + r) : border_row(n, row, col, a, c + r);
+    T** cr = c != nullptr ? c + r : nullptr;
+    inner ? inner_row(n, row, col, a, cr) : border_row(n, row, col, a, cr);
     if (++col == cols) {
       col = 0;
       if (++row == rows) row = 0, ++n;
     }
   }
+}
+
+// taps(m0, mr, a): for output pixels m0 .. m0 + mr - 1 (in (n, oh, ow)
+// order), the input pixels their taps read, g.taps() pointers each, pad
+// where a tap lies in the padding. The forward's rows of A, and the weight
+// gradient's rows of B.
+template <typename T>
+auto output_taps(const T* x, const Conv2dGeom& g, const T* pad) {
+  // Where every tap is in range, tap t reads offset[t] elements from the window's corner.
+  std::vector<int64_t> offset(g.taps());
+  for (int64_t t = 0; t < g.taps(); ++t) offset[t] = (t / g.kw * g.dh * g.W + t % g.kw * g.dw) * g.C;
+  const Range inner_h = conv_inner_outputs(g.H, g.OH, g.kh, g.sh, g.ph, g.dh);
+  const Range inner_w = conv_inner_outputs(g.W, g.OW, g.kw, g.sw, g.pw, g.dw);
+  return [x, &g, pad, offset = std::move(offset), inner_h, inner_w](int64_t m0, int64_t mr, const T** a) {
+    const auto border_row = [&](int64_t n, int64_t oh, int64_t ow, const T** at, T**) {
+      for (int64_t i = 0; i < g.kh; ++i) {
+        const int64_t h = conv_source(oh, i, g.sh, g.ph, g.dh);
+        for (int64_t j = 0; j < g.kw; ++j) {
+          const int64_t wi = conv_source(ow, j, g.sw, g.pw, g.dw);
+          const bool inside = h >= 0 && h < g.H && wi >= 0 && wi < g.W;
+          at[i * g.kw + j] = inside ? x + ((n * g.H + h) * g.W + wi) * g.C : pad;
+        }
+      }
+    };
+    const int64_t taps = g.taps();
+    const int64_t* off = offset.data();
+    const auto inner_row = [&](int64_t n, int64_t oh, int64_t ow, const T** at, T**) {
+      const int64_t h = conv_source(oh, 0, g.sh, g.ph, 1), wi = conv_source(ow, 0, g.sw, g.pw, 1);
+      const T* corner = x + ((n * g.H + h) * g.W + wi) * g.C;
+      for (int64_t t = 0; t < taps; ++t) at[t] = corner + off[t];
+    };
+    fill_rows(m0, mr, g.OH, g.OW, inner_h, inner_w, taps, a, static_cast<T**>(nullptr), inner_row, border_row);
+  };
 }
 
 template <typename T>
@@ -60,32 +95,12 @@ void forward(const T* x, const T* w, const float* bias, T* y, const Conv2dGeom& 
   // B_t (C x OC): element (c, oc) = weight[oc][c][t].
   const std::vector<T> packed = pack_indirect_b(base, g.C, g.OC, taps, g.C * taps);
   const std::vector<T> zeros(g.C, T(0));
-  // Output (n, oh, ow): its taps' input pixels (zeros in the padding), its row of y.
-  const auto border_row = [&](int64_t n, int64_t oh, int64_t ow, const T** a, T** c) {
-    for (int64_t i = 0; i < g.kh; ++i) {
-      const int64_t h = conv_source(oh, i, g.sh, g.ph, g.dh);
-      for (int64_t j = 0; j < g.kw; ++j) {
-        const int64_t wi = conv_source(ow, j, g.sw, g.pw, g.dw);
-        const bool inside = h >= 0 && h < g.H && wi >= 0 && wi < g.W;
-        a[i * g.kw + j] = inside ? x + ((n * g.H + h) * g.W + wi) * g.C : zeros.data();
-      }
-    }
-    *c = y + ((n * g.OH + oh) * g.OW + ow) * g.OC;
-  };
-  // Where every tap is in range, tap t reads offset[t] elements from the window's corner.
-  std::vector<int64_t> offset(taps);
-  for (int64_t t = 0; t < taps; ++t) offset[t] = (t / g.kw * g.dh * g.W + t % g.kw * g.dw) * g.C;
-  const auto inner_row = [&](int64_t n, int64_t oh, int64_t ow, const T** a, T** c) {
-    const int64_t h = conv_source(oh, 0, g.sh, g.ph, 1), wi = conv_source(ow, 0, g.sw, g.pw, 1);
-    const T* corner = x + ((n * g.H + h) * g.W + wi) * g.C;
-    for (int64_t t = 0; t < taps; ++t) a[t] = corner + offset[t];
-    *c = y + ((n * g.OH + oh) * g.OW + ow) * g.OC;
-  };
-  const Range inner_h = conv_inner_outputs(g.H, g.OH, g.kh, g.sh, g.ph, g.dh);
-  const Range inner_w = conv_inner_outputs(g.W, g.OW, g.kw, g.sw, g.pw, g.dw);
+  const auto taps_of = output_taps(x, g, zeros.data());
+  // Output pixel m's row of y (channels-last): m * OC on.
   indirect_gemm<T>(g.N * g.ohw(), g.OC, taps, g.C, packed.data(), bias,
                    [&](int64_t m0, int64_t mr, const T** a, T** c) {
-                     fill_rows(m0, mr, g.OH, g.OW, inner_h, inner_w, taps, a, c, inner_row, border_row);
+                     taps_of(m0, mr, a);
+                     for (int64_t r = 0; r < mr; ++r) c[r] = y + (m0 + r) * g.OC;
                    });
 }
 
@@ -172,23 +187,7 @@ void from_channels_last(const at::Tensor& nhwc, const at::Tensor& nchw) {
 template <typename T>
 void backward_weight(const T* gout, const T* x, float* gw, const Conv2dGeom& g) {
   const int64_t taps = g.taps();
-  const auto rows = [&](int64_t m0, int64_t mr, const T** table) {
-    int64_t n = m0 / g.ohw(), oh = m0 % g.ohw() / g.OW, ow = m0 % g.OW;
-    for (int64_t r = 0; r < mr; ++r, table += taps) {
-      for (int64_t i = 0; i < g.kh; ++i) {
-        const int64_t h = conv_source(oh, i, g.sh, g.ph, g.dh);
-        for (int64_t j = 0; j < g.kw; ++j) {
-          const int64_t wi = conv_source(ow, j, g.sw, g.pw, g.dw);
-          const bool inside = h >= 0 && h < g.H && wi >= 0 && wi < g.W;
-          table[i * g.kw + j] = inside ? x + ((n * g.H + h) * g.W + wi) * g.C : nullptr;
-        }
-      }
-      if (++ow == g.OW) {
-        ow = 0;
-        if (++oh == g.OH) oh = 0, ++n;
-      }
-    }
-  };
+  const auto rows = output_taps(x, g, static_cast<const T*>(nullptr));
   if constexpr (std::is_same_v<T, float>) {
     gemm_f32_gathered_b(g.OC, taps * g.C, g.N * g.ohw(), gout, 1, g.OC, g.C, rows, gw, taps * g.C, false);
   } else {

@@ -120,29 +120,20 @@ __attribute__((target("avx512f"))) void micro_kernel(int64_t kc, const float* a,
 void micro_kernel(int64_t, const float*, int64_t, const float*, float*, int64_t, bool) {}
 #endif
 
-// Columns [j0, j1) of one MC block of C against a packed B panel. A is packed
-// in pa, or read in place at a (row stride lda) when lda > 0, its short last
+// One MC block of C against a packed B panel of nc columns. A is packed in
+// pa, or read in place at a (row stride lda) when lda > 0, its short last
 // strip packed in pa.
-void block(int64_t mc, int64_t j0, int64_t j1, int64_t kc, const float* a, int64_t lda, float* pa, const float* pb,
-           float* C, int64_t ldc, bool acc) {
-  float tile[MR * NR];
-  for (int64_t jr = j0; jr < j1; jr += NR) {
-    const int64_t nr = std::min(NR, j1 - jr);
+void block(int64_t mc, int64_t nc, int64_t kc, const float* a, int64_t lda, float* pa, const float* pb, float* C,
+           int64_t ldc, bool acc) {
+  for (int64_t jr = 0; jr < nc; jr += NR) {
     for (int64_t ir = 0; ir < mc; ir += MR) {
       const int64_t mr = std::min(MR, mc - ir);
       const bool direct = lda > 0 && mr == MR;
       const float* as = direct ? a + ir * lda : pa + ir * kc;
-      if (lda > 0 && !direct && jr == j0) pack_strip(a + ir * lda, mr, MR, kc, lda, 1, pa + ir * kc);
-      float* c = C + ir * ldc + jr;
-      if (mr == MR && nr == NR) {
-        micro_kernel(kc, as, direct ? lda : 0, pb + jr * kc, c, ldc, acc);
-        continue;
-      }
-      for (int64_t i = 0; i < mr; ++i) {
-        for (int64_t j = 0; j < nr; ++j) tile[i * NR + j] = acc ? c[i * ldc + j] : 0.f;
-      }
-      micro_kernel(kc, as, direct ? lda : 0, pb + jr * kc, tile, NR, true);
-      for (int64_t i = 0; i < mr; ++i) std::copy(tile + i * NR, tile + i * NR + nr, c + i * ldc);
+      if (lda > 0 && !direct && jr == 0) pack_strip(a + ir * lda, mr, MR, kc, lda, 1, pa + ir * kc);
+      run_tile(mr, std::min(NR, nc - jr), C + ir * ldc + jr, ldc, acc, [&](float* c, int64_t ld, bool add) {
+        micro_kernel(kc, as, direct ? lda : 0, pb + jr * kc, c, ld, add);
+      });
     }
   }
 }
@@ -219,10 +210,10 @@ void gemm_impl(int64_t M, int64_t N, int64_t K, const float* A, int64_t rsa, int
             const float* a = A + ic * rsa + pc * csa;
             float* c = C + ic * ldc + jc;
             if (direct_a) {
-              block(mc, 0, nc, kc, a, rsa, pa.get(), pb.get(), c, ldc, acc);
+              block(mc, nc, kc, a, rsa, pa.get(), pb.get(), c, ldc, acc);
             } else {
               pack_a(mc, kc, a, rsa, csa, pa.get());
-              block(mc, 0, nc, kc, pa.get(), 0, pa.get(), pb.get(), c, ldc, acc);
+              block(mc, nc, kc, pa.get(), 0, pa.get(), pb.get(), c, ldc, acc);
             }
           }
         }
@@ -246,11 +237,11 @@ void gemm_impl(int64_t M, int64_t N, int64_t K, const float* A, int64_t rsa, int
           const float* a = A + ic * rsa + pc * csa;
           float* c = C + ic * ldc + jc;
           if (direct_a) {  // rows contiguous along k: broadcast from A itself
-            block(mc, 0, nc, kc, a, rsa, pa.get(), pb.get(), c, ldc, acc);
+            block(mc, nc, kc, a, rsa, pa.get(), pb.get(), c, ldc, acc);
             continue;
           }
           pack_a(mc, kc, a, rsa, csa, pa.get());
-          block(mc, 0, nc, kc, pa.get(), 0, pa.get(), pb.get(), c, ldc, acc);
+          block(mc, nc, kc, pa.get(), 0, pa.get(), pb.get(), c, ldc, acc);
         }
       });
     }

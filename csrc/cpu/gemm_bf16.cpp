@@ -129,23 +129,12 @@ POOLOPS_TARGET_BF16 void micro_kernel(int64_t pairs, const uint32_t* a, const ui
 // One MC block of rows of C against a packed B panel of nc columns.
 void block(int64_t mc, int64_t nc, int64_t pairs, const uint32_t* pa, const uint16_t* pb, float* C, int64_t ldc,
            bool acc) {
-  float tile[MR * NR];
   for (int64_t jr = 0; jr < nc; jr += NR) {
-    const int64_t nr = std::min(NR, nc - jr);
     for (int64_t ir = 0; ir < mc; ir += MR) {
-      const int64_t mr = std::min(MR, mc - ir);
-      const uint32_t* as = pa + ir * pairs;
-      const uint16_t* bs = pb + jr * 2 * pairs;
-      float* c = C + ir * ldc + jr;
-      if (mr == MR && nr == NR) {
-        micro_kernel(pairs, as, bs, c, ldc, acc);
-        continue;
-      }
-      for (int64_t i = 0; i < mr; ++i) {
-        for (int64_t j = 0; j < nr; ++j) tile[i * NR + j] = acc ? c[i * ldc + j] : 0.f;
-      }
-      micro_kernel(pairs, as, bs, tile, NR, true);
-      for (int64_t i = 0; i < mr; ++i) std::copy(tile + i * NR, tile + i * NR + nr, c + i * ldc);
+      run_tile(std::min(MR, mc - ir), std::min(NR, nc - jr), C + ir * ldc + jr, ldc, acc,
+               [&](float* c, int64_t ld, bool add) {
+                 micro_kernel(pairs, pa + ir * pairs, pb + jr * 2 * pairs, c, ld, add);
+               });
     }
   }
 }

@@ -1,7 +1,8 @@
 // Parts shared by the two Goto-style GEMMs (gemm.cpp, gemm_bf16.cpp): the
-// store of their 14 x 32 float register tile, and the columns of a strip of
-// B whose rows are gathered in pieces (gemm_f32_gathered_b,
-// gemm_bf16_gathered_b) as runs of consecutive columns in one piece.
+// store of their 14 x 32 float register tile, its edge tiles, and the
+// columns of a strip of B whose rows are gathered in pieces
+// (gemm_f32_gathered_b, gemm_bf16_gathered_b) as runs of consecutive columns
+// in one piece.
 #pragma once
 
 #include <algorithm>
@@ -31,6 +32,20 @@ __attribute__((target("avx512f"), always_inline)) inline void store_tile(__m512 
   }
 }
 #endif
+
+// kernel(c, ldc, acc) computes a whole kTileRows x kTileCols tile of C; an
+// mr x nr tile at C's edge goes through a scratch tile holding C's values
+// (zeros without acc), of which only mr x nr go back.
+template <typename Kernel>
+inline void run_tile(int64_t mr, int64_t nr, float* c, int64_t ldc, bool acc, const Kernel& kernel) {
+  if (mr == kTileRows && nr == kTileCols) return kernel(c, ldc, acc);
+  float tile[kTileRows * kTileCols];
+  for (int64_t i = 0; i < mr; ++i) {
+    for (int64_t j = 0; j < nr; ++j) tile[i * kTileCols + j] = acc ? c[i * ldc + j] : 0.f;
+  }
+  kernel(tile, kTileCols, true);
+  for (int64_t i = 0; i < mr; ++i) std::copy(tile + i * kTileCols, tile + i * kTileCols + nr, c + i * ldc);
+}
 
 struct PieceRun {
   int64_t at, piece, offset, len;  // strip columns [at, at + len): the piece's elements from offset on
