@@ -170,11 +170,13 @@ def test_avg_pool_identity():
 
 
 # (C, kernel, stride, padding, dilation, W): channels 8/16-lane tiles, 8-lane tiles, per-pixel tails and
-# channels under 8; rows with 0-3 outputs left past the 4-output tiles, and rows with no inner outputs.
+# channels under 8; rows with 0-3 outputs left past the 4-output tiles, and rows with no inner outputs; the
+# 32-channel rows tiles (kernel width 3 or 5, stride 1 or 2, dilation 1) with and without channels after them.
 DEPTHWISE_TILES = [
     (96, 3, 2, 1, 1, 37), (24, 3, 1, 1, 1, 29), (40, 3, 2, 1, 1, 24), (33, 3, 2, 1, 1, 31), (7, 3, 2, 1, 1, 30),
     (16, 5, 2, 4, 2, 35), (19, (3, 2), (2, 3), (1, 0), (2, 1), 40), (8, 3, 3, 0, 1, 26), (16, 3, 2, 1, 1, 4),
-    (24, 4, 2, (0, 3), 1, 22),
+    (24, 4, 2, (0, 3), 1, 22), (64, 3, 1, 1, 1, 29), (48, 5, 2, 2, 1, 33), (32, 5, 1, (1, 2), 1, 30),
+    (64, (2, 3), (3, 2), (0, 1), 1, 27),
 ]
 
 

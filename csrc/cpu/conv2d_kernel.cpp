@@ -665,6 +665,124 @@ __attribute__((target("avx512f"))) void depthwise_nhwc_tile16(const T* x, int64_
     for (int v = 0; v < kV; ++v) vec16::store(y + u * C + 16 * v, acc[u][v], stream);
   }
 }
+
+// Thirty-two channels as two sixteen-float registers, and back: bfloat16
+// splits each dword into its even and odd channel (vec16::load2_pair: one load
+// and two bit operations), so its weights and sums keep that order too
+// (weights_in_pairs); the other types take channels 0-15 and 16-31.
+template <typename T>
+__attribute__((target("avx512f"))) inline void load32(const T* p, __m512& a, __m512& b) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    vec16::load2_pair(p, a, b);
+  } else {
+    a = vec16::load(p);
+    b = vec16::load(p + 16);
+  }
+}
+
+template <typename T>
+__attribute__((target("avx512f"))) inline void store32(T* p, __m512 a, __m512 b, bool stream) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    vec16::store_pair(p, a, b, stream);
+  } else {
+    vec16::store(p, a, stream);
+    vec16::store(p + 16, b, stream);
+  }
+}
+
+// Lines the rows tile prefetches into L2 as it reads each input pixel, spread
+// through its taps rather than issued together before it: for each window row
+// r, the pixel `far` elements on, and for r < rows_below, the pixel below[r]
+// elements on (the rows the next output row adds). Issued together, the same
+// prefetches left this tile slower from memory than depthwise_nhwc_tile16
+// (MobileNet bfloat16, two threads: 2.2 ms against 2.9; spread: 1.65).
+struct TilePrefetch {
+  int64_t far = 0;
+  const int64_t* below = nullptr;
+  int64_t rows_below = 0;
+};
+
+// depthwise_nhwc_tile16<kU, 2> for a kernel kKW wide at stride kSW and
+// dilation 1 (rows of kKW taps from src[r * kKW], wrow[r * kKW]; wp as
+// load32 orders it): each input pixel of a window row is loaded once and
+// multiplied into every output that reads it (a 3-wide stride-2 row of eight
+// outputs loads 17 pixels for 24 taps). Each output still takes its taps in
+// row-major order, so the sums are the same bits.
+template <int kU, int kKW, int kSW, typename T>
+__attribute__((target("avx512f"))) void depthwise_nhwc_rows16(const T* x, const float* wp, const T* bias, T* y,
+                                                              int64_t C, const int64_t* src, const int64_t* wrow,
+                                                              int64_t rows, bool stream, const TilePrefetch& pf) {
+  __m512 acc[kU][2];
+  __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
+  if (bias) load32(bias, b0, b1);
+#pragma GCC unroll 16
+  for (int u = 0; u < kU; ++u) {
+    acc[u][0] = b0;
+    acc[u][1] = b1;
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* in = x + src[r * kKW];
+    const T* far = pf.far ? in + pf.far : nullptr;
+    const T* below = r < pf.rows_below ? x + pf.below[r] : nullptr;
+    const float* w = wp + wrow[r * kKW];
+    __m512 wk[kKW][2];
+#pragma GCC unroll 16
+    for (int j = 0; j < kKW; ++j) {
+      wk[j][0] = _mm512_loadu_ps(w + j * C);
+      wk[j][1] = _mm512_loadu_ps(w + j * C + 16);
+    }
+#pragma GCC unroll 64
+    for (int q = 0; q < (kU - 1) * kSW + kKW; ++q) {
+      for (int64_t l = 0; l < 32; l += 64 / sizeof(T)) {  // the pixel's lines of these 32 channels
+        if (far) __builtin_prefetch(far + q * C + l, 0, 2);
+        if (below) __builtin_prefetch(below + q * C + l, 0, 2);
+      }
+      __m512 a, b;
+      load32(in + q * C, a, b);
+#pragma GCC unroll 16
+      for (int j = 0; j < kKW; ++j) {
+        const int d = q - j;  // output d / kSW reads pixel q through tap j
+        if (d < 0 || d % kSW != 0 || d / kSW >= kU) continue;
+        acc[d / kSW][0] = _mm512_fmadd_ps(wk[j][0], a, acc[d / kSW][0]);
+        acc[d / kSW][1] = _mm512_fmadd_ps(wk[j][1], b, acc[d / kSW][1]);
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int u = 0; u < kU; ++u) store32(y + u * C, acc[u][0], acc[u][1], stream);
+}
+
+template <typename T>
+using RowsTile16 = void (*)(const T*, const float*, const T*, T*, int64_t, const int64_t*, const int64_t*, int64_t,
+                            bool, const TilePrefetch&);
+
+// depthwise_nhwc_rows16 of eight outputs for g's kernel, if one is built for it.
+template <typename T>
+RowsTile16<T> rows_tile16_for(const Conv2dGeom& g) {
+  if (g.dw != 1) return nullptr;
+  if (g.kw == 3 && g.sw == 2) return depthwise_nhwc_rows16<8, 3, 2, T>;
+  if (g.kw == 3 && g.sw == 1) return depthwise_nhwc_rows16<8, 3, 1, T>;
+  if (g.kw == 5 && g.sw == 2) return depthwise_nhwc_rows16<8, 5, 2, T>;
+  if (g.kw == 5 && g.sw == 1) return depthwise_nhwc_rows16<8, 5, 1, T>;
+  return nullptr;
+}
+
+// The (taps, C) weights with each whole block of 32 channels in load32's order.
+template <typename T>
+std::vector<float> weights_in_pairs(const std::vector<float>& wv, int64_t taps, int64_t C) {
+  std::vector<float> wp(wv);
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    for (int64_t t = 0; t < taps; ++t) {
+      for (int64_t c = 0; c + 32 <= C; c += 32) {
+        for (int64_t k = 0; k < 16; ++k) {
+          wp[t * C + c + k] = wv[t * C + c + 2 * k];
+          wp[t * C + c + 16 + k] = wv[t * C + c + 2 * k + 1];
+        }
+      }
+    }
+  }
+  return wp;
+}
 #endif
 
 // Channels [c0, C) of one output pixel, as depthwise_nhwc_block sums them:
@@ -716,9 +834,10 @@ void depthwise_forward_nhwc(const T* x, const T* wtc, const T* bias, T* y, const
   const int64_t ahead = prefetch_ahead(g.sw * C, sizeof(T)) * (sizeof(T) == 2 ? 4 : 1);
   // Tiles of an input read from memory rather than the cache prefetch three
   // ways: their rows about 64 KiB further on into L2, the rows the next output row
-  // adds into L2, and their own lines into L1 before they start (MobileNet
-  // bfloat16: one thread 5.4 -> 4.0 ms, two 2.5 -> 2.0). In the cache,
-  // prefetching only cost time (the --quick shape 0.20 -> 0.18 ms without).
+  // adds into L2, and (but for the rows tile, see TilePrefetch) their own lines
+  // into L1 before they start (MobileNet bfloat16: one thread 5.4 -> 4.0 ms, two
+  // 2.5 -> 2.0). In the cache, prefetching only cost time (the --quick shape
+  // 0.20 -> 0.18 ms without).
   const bool from_memory = g.N * g.H * g.W * C * int64_t(sizeof(T)) >= kStreamBytes;
   const int64_t far_ahead = prefetch_ahead(g.sw * C, sizeof(T)) * 16;
   const Range inner = conv_inner_outputs(g.W, g.OW, g.kw, g.sw, g.pw, g.dw);
@@ -727,6 +846,15 @@ void depthwise_forward_nhwc(const T* x, const T* wtc, const T* bias, T* y, const
   const int64_t pixel_bytes = C * int64_t(sizeof(T));
   const bool stream = wide && stream_output(y, g.N * g.OH * g.OW * pixel_bytes, pixel_bytes) &&
                       pixel_bytes % 64 == 0 && reinterpret_cast<uintptr_t>(y) % 64 == 0;
+#if defined(__x86_64__)
+  // Whole blocks of 32 channels of the tiles go through depthwise_nhwc_rows16 where g's kernel has one.
+  RowsTile16<T> rows_tile = nullptr;
+  std::vector<float> wp;
+  if constexpr (vec8::kSupported<T>) {
+    rows_tile = wide ? rows_tile16_for<T>(g) : nullptr;
+    if (rows_tile) wp = weights_in_pairs<T>(wv, g.taps(), C);
+  }
+#endif
   at::parallel_for(0, g.N * g.OH * g.OW, grain_for(C * g.taps()), [&](int64_t begin, int64_t end) {
     std::vector<int64_t> src(g.taps()), wrow(g.taps()), tile_src(g.taps()), tile_wrow(g.taps());
     // Channels [c0, C) of output pixel p.
@@ -771,7 +899,22 @@ void depthwise_forward_nhwc(const T* x, const T* wtc, const T* bias, T* y, const
           const int64_t u0 = std::min(k * kU, count - kU);
           const T* xt = xn + u0 * ustep;
           T* yt = y + (p + u0) * C;
-          if (from_memory) {
+          int64_t c = 0;
+#if defined(__x86_64__)
+          if (kU == 8 && rows_tile) {
+            int64_t below[4];
+            TilePrefetch pf;
+            if (from_memory) {
+              pf = TilePrefetch{far_ahead, below, std::min<int64_t>(next_rows, 4)};
+              for (int64_t r = 0; r < pf.rows_below; ++r) below[r] = next_at + r * g.W * C;
+            }
+            for (; c + 32 <= C8; c += 32) {
+              rows_tile(xt + c, wp.data() + c, bias ? bias + c : bias, yt + c, C, tile_src.data(), tile_wrow.data(),
+                        nrows, stream, pf);
+            }
+          }
+#endif
+          if (from_memory && c < C8) {
             const int64_t bytes = kU * ustep * int64_t(sizeof(T));
             for (int64_t r = 0; r < nrows; ++r) prefetch_block<0, 2>(xt + tile_src[r * g.kw] + far_ahead, bytes);
             for (int64_t r = 0; r < next_rows; ++r) {
@@ -779,7 +922,6 @@ void depthwise_forward_nhwc(const T* x, const T* wtc, const T* bias, T* y, const
             }
             for (int64_t r = 0; r < nrows; ++r) prefetch_block<0>(xt + tile_src[r * g.kw], bytes);
           }
-          int64_t c = 0;
 #if defined(__x86_64__)
           if (wide) {
             for (; c + 32 <= C8; c += 32) {

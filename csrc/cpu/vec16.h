@@ -82,6 +82,15 @@ __attribute__((target("avx512f"))) inline __m512 load2_after(const T* p) {
   }
 }
 
+// v rounded to bfloat16 as vec8::narrow rounds (nearest even; NaN to c10's
+// quiet NaN), in the low half of each lane.
+__attribute__((target("avx512f"))) inline __m512i bf16_bits(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
+  return _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), r, _mm512_set1_epi32(0x7FC0));
+}
+
 // p[0..15] = v as T, rounding as vec8::narrow (nearest even; NaN to c10's
 // quiet NaN for bfloat16); `stream` as vec8::store_stream (p aligned to the
 // bytes stored).
@@ -93,16 +102,20 @@ __attribute__((target("avx512f"))) inline void store(T* p, __m512 v, bool stream
   }
   __m256i bits;
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    const __m512i u = _mm512_castps_si512(v);
-    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
-    r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), r, _mm512_set1_epi32(0x7FC0));
-    bits = _mm512_cvtepi32_epi16(r);
+    bits = _mm512_cvtepi32_epi16(bf16_bits(v));
   } else if constexpr (std::is_same_v<T, c10::Half>) {
     bits = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT);
   }
   __m256i* dst = reinterpret_cast<__m256i*>(p);
   stream ? _mm256_stream_si256(dst, bits) : _mm256_storeu_si256(dst, bits);
+}
+
+// Thirty-two bfloat16 at p from the even and odd elements load2_pair gave,
+// each rounded as store() rounds; `stream` as store's (p 64-byte aligned).
+__attribute__((target("avx512f"))) inline void store_pair(c10::BFloat16* p, __m512 even, __m512 odd,
+                                                          bool stream = false) {
+  const __m512i bits = _mm512_or_si512(bf16_bits(even), _mm512_slli_epi32(bf16_bits(odd), 16));
+  stream ? _mm512_stream_si512(reinterpret_cast<__m512i*>(p), bits) : _mm512_storeu_si512(p, bits);
 }
 
 // store(p, v) for v that T holds exactly and that has no NaN (a max of T
