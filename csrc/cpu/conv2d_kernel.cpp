@@ -695,7 +695,7 @@ __attribute__((target("avx512f"))) inline void store32(T* p, __m512 a, __m512 b,
 // r, the pixel `far` elements on, and for r < rows_below, the pixel below[r]
 // elements on (the rows the next output row adds). Issued together, the same
 // prefetches left this tile slower from memory than depthwise_nhwc_tile16
-// (MobileNet bfloat16, two threads: 2.2 ms against 2.9; spread: 1.65).
+// (MobileNet bfloat16, two threads: 3.0-3.1 ms against 2.3-2.7; spread: 1.6-1.7).
 struct TilePrefetch {
   int64_t far = 0;
   const int64_t* below = nullptr;
